@@ -1,0 +1,357 @@
+//! The in-memory tree the image writer consumes.
+//!
+//! A tree is built from a directory, a dumpfile or OCI layers, and is written by
+//! [`crate::erofs::writer`]. Hard links are one [`Leaf`] named by several
+//! directory entries: entries hold a [`LeafId`] into [`Tree::leaves`], so a link
+//! group survives every transformation without pointer games.
+
+use std::collections::BTreeMap;
+
+use crate::erofs::format::{
+    S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
+};
+use crate::verity::Digest;
+
+mod from_dir;
+pub use from_dir::{FromDirOptions, tree_from_dir};
+
+/// Modification time with nanoseconds, as stored in an extended inode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mtime {
+    pub sec: u64,
+    pub nsec: u32,
+}
+
+/// Metadata every inode has. `mode` holds only the permission bits (`0o7777`):
+/// the file type is implied by what the node is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Mtime,
+    /// Full xattr names (`user.foo`) to values, sorted by name bytes.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Content of a regular file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegularFile {
+    /// Stored in the image itself, as the inode's tail.
+    Inline(Vec<u8>),
+    /// Stored in the object store. `payload` is the redirect (`XX/rest`, without
+    /// the leading slash) and `digest` the fs-verity digest the metacopy carries.
+    External {
+        size: u64,
+        payload: Option<Vec<u8>>,
+        digest: Option<Digest>,
+    },
+}
+
+impl RegularFile {
+    pub fn size(&self) -> u64 {
+        match self {
+            RegularFile::Inline(data) => data.len() as u64,
+            RegularFile::External { size, .. } => *size,
+        }
+    }
+}
+
+/// What a non-directory inode is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeafContent {
+    Regular(RegularFile),
+    Symlink(Vec<u8>),
+    CharDevice(u64),
+    BlockDevice(u64),
+    Fifo,
+    Socket,
+}
+
+impl LeafContent {
+    /// The `S_IFMT` bits for this kind of inode.
+    pub fn file_type_bits(&self) -> u32 {
+        match self {
+            LeafContent::Regular(_) => S_IFREG,
+            LeafContent::Symlink(_) => S_IFLNK,
+            LeafContent::CharDevice(_) => S_IFCHR,
+            LeafContent::BlockDevice(_) => S_IFBLK,
+            LeafContent::Fifo => S_IFIFO,
+            LeafContent::Socket => S_IFSOCK,
+        }
+    }
+
+    /// The device number, for devices; 0 otherwise.
+    pub fn rdev(&self) -> u64 {
+        match self {
+            LeafContent::CharDevice(d) | LeafContent::BlockDevice(d) => *d,
+            _ => 0,
+        }
+    }
+
+    /// An overlayfs whiteout: a character device 0/0.
+    pub fn is_whiteout(&self) -> bool {
+        matches!(self, LeafContent::CharDevice(0))
+    }
+}
+
+/// A non-directory inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub stat: Stat,
+    pub content: LeafContent,
+}
+
+impl Leaf {
+    /// Full `st_mode`: type bits and permissions.
+    pub fn st_mode(&self) -> u32 {
+        self.content.file_type_bits() | (self.stat.mode & !S_IFMT)
+    }
+}
+
+/// Index of a [`Leaf`] in [`Tree::leaves`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeafId(pub usize);
+
+/// A directory entry's target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Node {
+    Directory(Box<Directory>),
+    Leaf(LeafId),
+}
+
+/// A directory: its metadata and its entries sorted by name bytes, which is the
+/// order EROFS stores them in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Directory {
+    pub stat: Stat,
+    pub entries: BTreeMap<Vec<u8>, Node>,
+}
+
+impl Directory {
+    pub fn new(stat: Stat) -> Self {
+        Directory {
+            stat,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// Full `st_mode`: directory type bits and permissions.
+    pub fn st_mode(&self) -> u32 {
+        S_IFDIR | (self.stat.mode & !S_IFMT)
+    }
+
+    /// Number of subdirectories (for `nlink = 2 + subdirs`).
+    pub fn subdirectory_count(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|n| matches!(n, Node::Directory(_)))
+            .count()
+    }
+}
+
+/// Why a path could not be placed in or found in a tree.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TreeError {
+    #[error("path {0:?} is not absolute")]
+    NotAbsolute(String),
+    #[error("path {0:?} has an empty, '.' or '..' component")]
+    BadComponent(String),
+    #[error("parent of {0:?} does not exist")]
+    NoParent(String),
+    #[error("parent of {0:?} is not a directory")]
+    ParentNotDirectory(String),
+    #[error("{0:?} already exists")]
+    Exists(String),
+    #[error("{0:?} does not exist")]
+    NotFound(String),
+    #[error("name in {0:?} is longer than 255 bytes")]
+    NameTooLong(String),
+}
+
+/// A whole filesystem tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    pub root: Directory,
+    pub leaves: Vec<Leaf>,
+}
+
+fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// Splits an absolute path into its components, refusing `.`, `..` and empty
+/// components (a trailing slash is tolerated).
+pub fn path_components(path: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
+    let rest = path
+        .strip_prefix(b"/")
+        .ok_or_else(|| TreeError::NotAbsolute(show(path)))?;
+    let rest = rest.strip_suffix(b"/").unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for c in rest.split(|b| *b == b'/') {
+        if c.is_empty() || c == b"." || c == b".." {
+            return Err(TreeError::BadComponent(show(path)));
+        }
+        if c.len() > 255 {
+            return Err(TreeError::NameTooLong(show(path)));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+impl Tree {
+    pub fn new(root_stat: Stat) -> Self {
+        Tree {
+            root: Directory::new(root_stat),
+            leaves: Vec::new(),
+        }
+    }
+
+    pub fn leaf(&self, id: LeafId) -> &Leaf {
+        &self.leaves[id.0]
+    }
+
+    pub fn leaf_mut(&mut self, id: LeafId) -> &mut Leaf {
+        &mut self.leaves[id.0]
+    }
+
+    /// Adds a leaf to the table (not yet linked into any directory).
+    pub fn push_leaf(&mut self, leaf: Leaf) -> LeafId {
+        self.leaves.push(leaf);
+        LeafId(self.leaves.len() - 1)
+    }
+
+    /// The directory at `path` (`/` is the root).
+    pub fn directory(&self, path: &[u8]) -> Result<&Directory, TreeError> {
+        let mut dir = &self.root;
+        for c in path_components(path)? {
+            match dir.entries.get(c) {
+                Some(Node::Directory(d)) => dir = d,
+                Some(Node::Leaf(_)) => return Err(TreeError::ParentNotDirectory(show(path))),
+                None => return Err(TreeError::NotFound(show(path))),
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The directory at `path`, mutably.
+    pub fn directory_mut(&mut self, path: &[u8]) -> Result<&mut Directory, TreeError> {
+        let mut dir = &mut self.root;
+        for c in path_components(path)? {
+            match dir.entries.get_mut(c) {
+                Some(Node::Directory(d)) => dir = d,
+                Some(Node::Leaf(_)) => return Err(TreeError::ParentNotDirectory(show(path))),
+                None => return Err(TreeError::NotFound(show(path))),
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The node at `path`; `None` for the root itself.
+    pub fn node(&self, path: &[u8]) -> Result<Option<&Node>, TreeError> {
+        let comps = path_components(path)?;
+        let Some((last, parents)) = comps.split_last() else {
+            return Ok(None);
+        };
+        let mut dir = &self.root;
+        for c in parents {
+            match dir.entries.get(*c) {
+                Some(Node::Directory(d)) => dir = d,
+                Some(Node::Leaf(_)) => return Err(TreeError::ParentNotDirectory(show(path))),
+                None => return Err(TreeError::NoParent(show(path))),
+            }
+        }
+        dir.entries
+            .get(*last)
+            .map(Some)
+            .ok_or_else(|| TreeError::NotFound(show(path)))
+    }
+
+    /// Inserts `node` at `path`, whose parent must exist and which must not.
+    pub fn insert(&mut self, path: &[u8], node: Node) -> Result<(), TreeError> {
+        let comps = path_components(path)?;
+        let Some((last, parents)) = comps.split_last() else {
+            return Err(TreeError::Exists(show(path)));
+        };
+        let mut dir = &mut self.root;
+        for c in parents {
+            match dir.entries.get_mut(*c) {
+                Some(Node::Directory(d)) => dir = d,
+                Some(Node::Leaf(_)) => return Err(TreeError::ParentNotDirectory(show(path))),
+                None => return Err(TreeError::NoParent(show(path))),
+            }
+        }
+        if dir.entries.contains_key(*last) {
+            return Err(TreeError::Exists(show(path)));
+        }
+        dir.entries.insert(last.to_vec(), node);
+        Ok(())
+    }
+
+    /// Number of directory entries naming each leaf: a leaf's `nlink`.
+    pub fn link_counts(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.leaves.len()];
+        fn walk(d: &Directory, counts: &mut [u32]) {
+            for node in d.entries.values() {
+                match node {
+                    Node::Directory(sub) => walk(sub, counts),
+                    Node::Leaf(id) => {
+                        if let Some(c) = counts.get_mut(id.0) {
+                            *c += 1;
+                        }
+                    }
+                }
+            }
+        }
+        walk(&self.root, &mut counts);
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(tree: &mut Tree, data: &[u8]) -> LeafId {
+        tree.push_leaf(Leaf {
+            stat: Stat::default(),
+            content: LeafContent::Regular(RegularFile::Inline(data.to_vec())),
+        })
+    }
+
+    #[test]
+    fn insert_and_find_with_hard_links() {
+        let mut t = Tree::new(Stat::default());
+        t.insert(b"/d", Node::Directory(Box::default())).unwrap();
+        let id = file(&mut t, b"x");
+        t.insert(b"/d/a", Node::Leaf(id)).unwrap();
+        t.insert(b"/b", Node::Leaf(id)).unwrap();
+        assert_eq!(t.node(b"/d/a").unwrap(), Some(&Node::Leaf(id)));
+        assert_eq!(t.link_counts(), vec![2]);
+        assert_eq!(
+            t.insert(b"/d/a", Node::Leaf(id)),
+            Err(TreeError::Exists("/d/a".into()))
+        );
+        assert_eq!(
+            t.insert(b"/x/y", Node::Leaf(id)),
+            Err(TreeError::NoParent("/x/y".into()))
+        );
+        assert_eq!(
+            t.insert(b"/b/y", Node::Leaf(id)),
+            Err(TreeError::ParentNotDirectory("/b/y".into()))
+        );
+    }
+
+    #[test]
+    fn bad_paths_are_refused() {
+        assert!(matches!(path_components(b"rel"), Err(TreeError::NotAbsolute(_))));
+        assert!(matches!(path_components(b"/a/../b"), Err(TreeError::BadComponent(_))));
+        assert!(matches!(path_components(b"/a//b"), Err(TreeError::BadComponent(_))));
+        assert_eq!(path_components(b"/").unwrap(), Vec::<&[u8]>::new());
+        assert_eq!(path_components(b"/a/b/").unwrap(), vec![&b"a"[..], b"b"]);
+    }
+}
