@@ -427,8 +427,9 @@ pub fn xattr_ibody_size(icount: u16) -> usize {
 /// The header at the start of an inode's xattr area.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XattrBodyHeader {
-    /// Bloom filter: bit `xxh32(name, seed + index) % 32` is set for every
-    /// xattr the inode has; a clear bit proves an xattr absent.
+    /// Inverted bloom filter: bit `xxh32(name, seed + index) % 32` is CLEAR for
+    /// every xattr the inode has, so a set bit proves an xattr absent (and an
+    /// all-zero filter, as old writers leave it, proves nothing).
     pub name_filter: u32,
     pub shared_count: u8,
 }
