@@ -1,0 +1,501 @@
+//! `imgmount mount`: mount an image with FUSE, every byte of external files verified.
+//!
+//! Life of a mount: the image is opened (and, with `--digest`, read whole and checked) in
+//! the calling process, so a bad image or digest fails the command directly. Then, unless
+//! `-f`, the process forks; the child mounts, finishes the FUSE handshake, and reports
+//! "ready" (or its error) through a pipe, and the parent exits with that result: when
+//! `imgmount mount` returns 0 the mount is usable. The child detaches (new session, stdio
+//! to /dev/null or `--log-file`) and serves until the filesystem is unmounted. SIGTERM,
+//! SIGINT and SIGHUP unmount it cleanly, which ends the request loop.
+//!
+//! The fork happens before any thread exists (fuser starts its threads only in
+//! `Session::run`), so the child is a clean single-threaded copy.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fuser::{Config, Session, SessionACL};
+use imgmount_format::erofs::reader::Image;
+use imgmount_format::verity::{self, Digest};
+
+use crate::fs::session::{self, is_root};
+use crate::fs::{FsOptions, ImgFs};
+use crate::read::{Objects, ReadConfig, VerityMode};
+
+/// Mount an image read-only with FUSE, verifying every byte of its external files.
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// The composefs image file.
+    pub image: PathBuf,
+    /// Where to mount it.
+    pub mountpoint: PathBuf,
+    /// Directory holding the objects (`XX/rest` files). Default: the `objects` directory
+    /// beside the image's directory (a store's `images/` and `objects/`), else beside the
+    /// image.
+    #[arg(long, value_name = "DIR")]
+    pub objects: Option<PathBuf>,
+    /// Directory of Merkle tree sidecars (`XX/rest`, the object's name). Default: `verity`
+    /// beside the objects directory. Trees missing there are built on first open and saved
+    /// if the directory is writable; trees found there are checked before use.
+    #[arg(long, value_name = "DIR")]
+    pub verity_dir: Option<PathBuf>,
+    /// Refuse to mount unless the image file's fs-verity digest is this (`sha256:HEX`).
+    #[arg(long, value_name = "DIGEST")]
+    pub digest: Option<Digest>,
+    /// require: every external file must carry a digest; auto: verify files that carry
+    /// one; off: trust the object store.
+    #[arg(long, value_enum, default_value_t = VerityMode::Auto)]
+    pub verity: VerityMode,
+    /// Bytes of verified blocks kept in memory (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// FUSE request threads (default: number of CPUs, at least 2, at most 16).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Stay in the foreground (logging to stderr) instead of returning once mounted.
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount options, comma separated: allow_other, allow_root, suid, dev (root only),
+    /// noexec, noatime, fsname=NAME, …; unknown ones are passed to the kernel.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+    /// Where the daemon writes its log (default: nowhere once detached). Log level from
+    /// IMGMOUNT_LOG (error, warn, info, debug).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Parses `123`, `64K`, `256M`, `2G` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix {c:?}")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// The parsed `-o` options.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Options {
+    acl: Option<SessionACL>,
+    suid: bool,
+    dev: bool,
+    fsname: Option<String>,
+    /// Options passed on as they are (kernel flags and options).
+    rest: Vec<String>,
+}
+
+fn parse_options(list: &[String]) -> anyhow::Result<Options> {
+    let mut o = Options::default();
+    for opt in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
+        match opt {
+            "allow_other" => o.acl = Some(SessionACL::All),
+            "allow_root" => o.acl = Some(SessionACL::RootAndOwner),
+            "suid" => o.suid = true,
+            "dev" => o.dev = true,
+            "nosuid" => o.suid = false,
+            "nodev" => o.dev = false,
+            "ro" | "default_permissions" => {} // always
+            "rw" => bail!("-o rw: images are read-only"),
+            "auto_unmount" => {
+                bail!("-o auto_unmount is not supported: use `imgmount umount` or SIGTERM")
+            }
+            s if s.starts_with("fsname=") => o.fsname = Some(s["fsname=".len()..].to_owned()),
+            s if s.starts_with("subtype=") => bail!("-o subtype: the subtype is always imgmount"),
+            s => o.rest.push(s.to_owned()),
+        }
+    }
+    Ok(o)
+}
+
+/// MS_* flags and fuse options for mounting as root. suid and dev are off unless asked for.
+fn kernel_mount_args(o: &Options) -> (libc::c_ulong, String) {
+    let mut flags = libc::MS_RDONLY;
+    if !o.suid {
+        flags |= libc::MS_NOSUID;
+    }
+    if !o.dev {
+        flags |= libc::MS_NODEV;
+    }
+    let mut data = vec!["default_permissions".to_owned()];
+    if o.acl.is_some_and(|a| a != SessionACL::Owner) {
+        data.push("allow_other".to_owned());
+    }
+    for s in &o.rest {
+        match s.as_str() {
+            "exec" | "atime" | "async" => {}
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "noatime" => flags |= libc::MS_NOATIME,
+            "nodiratime" => flags |= libc::MS_NODIRATIME,
+            "sync" => flags |= libc::MS_SYNCHRONOUS,
+            "dirsync" => flags |= libc::MS_DIRSYNC,
+            other => data.push(other.to_owned()),
+        }
+    }
+    (flags, data.join(","))
+}
+
+/// The option string for `fusermount3 -o` (it adds nosuid,nodev itself for normal users).
+fn fusermount_options(o: &Options, fsname: &str) -> String {
+    let mut v = vec![
+        "ro".to_owned(),
+        "default_permissions".to_owned(),
+        format!("fsname={fsname}"),
+        "subtype=imgmount".to_owned(),
+        "nosuid".to_owned(),
+        "nodev".to_owned(),
+    ];
+    match o.acl {
+        Some(SessionACL::All) => v.push("allow_other".to_owned()),
+        Some(SessionACL::RootAndOwner) => v.push("allow_root".to_owned()),
+        _ => {}
+    }
+    v.extend(o.rest.iter().cloned());
+    v.join(",")
+}
+
+fn default_objects(image: &Path) -> PathBuf {
+    let dir = image.parent().unwrap_or(Path::new("."));
+    let beside_dir = dir.parent().map(|p| p.join("objects"));
+    match beside_dir {
+        Some(p) if p.is_dir() => p,
+        _ => dir.join("objects"),
+    }
+}
+
+/// Opens the image; with a pinned digest, reads it whole and checks the bytes that will be
+/// used (so nothing can swap the file between the check and the use).
+fn open_image(path: &Path, pin: Option<&Digest>) -> anyhow::Result<Image> {
+    let Some(expected) = pin else {
+        return Image::open(path).with_context(|| format!("opening image {}", path.display()));
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+    let actual = verity::digest_bytes(expected.alg(), &bytes);
+    if actual != *expected {
+        bail!(
+            "image {} has fs-verity digest {actual}, but --digest requires {expected}; refusing to mount",
+            path.display()
+        );
+    }
+    Image::from_bytes(bytes).with_context(|| format!("opening image {}", path.display()))
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    let opts = parse_options(&args.options)?;
+    if (opts.suid || opts.dev) && !is_root() {
+        bail!("-o suid and -o dev need root: a normal user's FUSE mount is always nosuid,nodev");
+    }
+    let image_path = session::absolute(&args.image)?;
+    let mountpoint = session::absolute(&args.mountpoint)?;
+    if !mountpoint.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    let objects_dir = match &args.objects {
+        Some(p) => session::absolute(p)?,
+        None => default_objects(&image_path),
+    };
+    let sidecar_dir = match &args.verity_dir {
+        Some(p) => session::absolute(p)?,
+        None => crate::read::sidecar::Sidecars::default_dir(&objects_dir),
+    };
+    let image = open_image(&image_path, args.digest.as_ref())?;
+    let objects = Objects::new(ReadConfig {
+        objects_dir,
+        sidecar_dir,
+        mode: args.verity,
+        cache_bytes: args.cache_size,
+        keep_open: 512,
+    });
+    let fs = ImgFs::new(
+        image,
+        objects,
+        FsOptions {
+            passthrough: is_root() && args.verity != VerityMode::Off,
+        },
+    );
+    session::raise_nofile_limit();
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 16)
+    });
+    let fsname = format!("imgmount:{}", session::option_safe(image_path.as_os_str()));
+
+    let log_target = match &args.log_file {
+        Some(p) => Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening log file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    init_logger(args.foreground || log_target.is_some());
+
+    let ready = if args.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
+    // Errors go back to the caller, which prints them: to the terminal, or (in a detached
+    // daemon) to the log file.
+    serve(fs, &mountpoint, &opts, &fsname, threads, ready, log_target)
+}
+
+/// Forks. The parent waits for the child's report and exits with it; the child gets the
+/// write end of the report pipe.
+fn daemonize() -> anyhow::Result<File> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating the readiness pipe");
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    let (mut rx, tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists yet (see the module comment), so the child may run
+    // arbitrary code after fork.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => {
+            drop(rx);
+            // SAFETY: setsid has no preconditions; it detaches from the terminal's session.
+            unsafe { libc::setsid() };
+            Ok(tx)
+        }
+        _child => {
+            drop(tx);
+            let mut msg = String::new();
+            let _ = rx.read_to_string(&mut msg);
+            if msg == "ok" {
+                std::process::exit(0);
+            }
+            if msg.is_empty() {
+                bail!("the mount daemon exited before the mount was ready");
+            }
+            bail!("{msg}");
+        }
+    }
+}
+
+/// Mounts, reports readiness, handles signals, and serves until unmounted.
+fn serve(
+    fs: ImgFs,
+    mountpoint: &Path,
+    opts: &Options,
+    fsname: &str,
+    threads: usize,
+    mut ready: Option<File>,
+    log_target: Option<File>,
+) -> anyhow::Result<()> {
+    // Block the termination signals in this thread before fuser starts its threads, so
+    // they inherit the mask and only the signal thread below receives them.
+    let sigs = termination_signals();
+    // SAFETY: `sigs` is an initialised signal set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &sigs, std::ptr::null_mut()) };
+
+    let mut config = Config::default();
+    config.acl = opts.acl.unwrap_or(SessionACL::Owner);
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    let fd = if is_root() {
+        let (flags, data) = kernel_mount_args(opts);
+        session::kernel_mount(mountpoint, fsname, flags, &data)
+    } else {
+        session::fusermount_mount(mountpoint, &fusermount_options(opts, fsname))
+    };
+    let session = fd.and_then(|fd| {
+        let acl = config.acl;
+        // from_fd reads the kernel's INIT and answers it: once it returns, the mount serves.
+        Session::from_fd(fs, fd, acl, config).with_context(|| {
+            let _ = session::unmount(mountpoint, true);
+            format!("starting the FUSE session on {}", mountpoint.display())
+        })
+    });
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(mut tx) = ready.take() {
+                // The waiting parent prints the error; this child leaves quietly.
+                let _ = write!(tx, "{e:#}");
+                std::process::exit(1);
+            }
+            return Err(e);
+        }
+    };
+    log::info!("mounted on {}", mountpoint.display());
+
+    let mp = mountpoint.to_owned();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || wait_for_signal(sigs, &mp))
+        .context("starting the signal thread")?;
+    if is_root() {
+        session::set_read_ahead(mountpoint, 1024);
+    }
+
+    if let Some(mut tx) = ready.take() {
+        detach_stdio(log_target.as_ref());
+        let _ = tx.write_all(b"ok");
+    }
+    session.run().context("serving FUSE requests")?;
+    log::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set before sigaddset uses it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Waits for SIGTERM/SIGINT/SIGHUP and unmounts, which ends `Session::run`.
+fn wait_for_signal(sigs: libc::sigset_t, mountpoint: &Path) {
+    loop {
+        let mut sig = 0;
+        // SAFETY: the set is initialised and blocked in every thread.
+        if unsafe { libc::sigwait(&sigs, &mut sig) } != 0 {
+            continue;
+        }
+        log::info!("signal {sig}: unmounting {}", mountpoint.display());
+        match session::unmount(mountpoint, false) {
+            Ok(_) => return,
+            Err(e) => log::error!("{e:#}"),
+        }
+    }
+}
+
+/// Points stdin/stdout at /dev/null and stderr at the log file (or /dev/null), so the
+/// daemon holds no pipe of whoever started it, and leaves the working directory.
+fn detach_stdio(log: Option<&File>) {
+    let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") else {
+        return;
+    };
+    let err_fd = log.map_or(null.as_raw_fd(), |f| f.as_raw_fd());
+    // SAFETY: dup2 onto the standard descriptors with descriptors we hold open.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(err_fd, 2);
+    }
+    let _ = std::env::set_current_dir("/");
+}
+
+/// A minimal logger to stderr (which is the log file once detached).
+struct StderrLog {
+    level: log::LevelFilter,
+    lock: Mutex<()>,
+}
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        // fuser reports routine events at info; keep them out unless debugging.
+        let level = if m.target().starts_with("fuser") && self.level < log::LevelFilter::Debug {
+            log::LevelFilter::Warn
+        } else {
+            self.level
+        };
+        m.level() <= level
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let _g = self.lock.lock();
+            let _ = writeln!(
+                std::io::stderr(),
+                "imgmount[{}]: {}: {}",
+                std::process::id(),
+                r.level().as_str().to_ascii_lowercase(),
+                r.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logger(enabled: bool) {
+    let level = match std::env::var("IMGMOUNT_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("info") => log::LevelFilter::Info,
+        Ok("warn") => log::LevelFilter::Warn,
+        Ok("error") => log::LevelFilter::Error,
+        _ if enabled => log::LevelFilter::Info,
+        _ => log::LevelFilter::Warn,
+    };
+    let logger = Box::new(StderrLog {
+        level,
+        lock: Mutex::new(()),
+    });
+    if log::set_logger(Box::leak(logger)).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn options() {
+        let o = parse_options(&[
+            "allow_other,suid".into(),
+            "noexec".into(),
+            "max_read=65536".into(),
+        ])
+        .unwrap();
+        assert_eq!(o.acl, Some(SessionACL::All));
+        assert!(o.suid && !o.dev);
+        assert_eq!(o.rest, ["noexec", "max_read=65536"]);
+        let (flags, data) = kernel_mount_args(&o);
+        assert_eq!(flags & libc::MS_NOSUID, 0, "suid asked for");
+        assert_ne!(flags & libc::MS_NODEV, 0);
+        assert_ne!(flags & libc::MS_NOEXEC, 0);
+        assert_ne!(flags & libc::MS_RDONLY, 0);
+        assert_eq!(data, "default_permissions,allow_other,max_read=65536");
+        assert!(parse_options(&["rw".into()]).is_err());
+        assert!(parse_options(&["auto_unmount".into()]).is_err());
+        let f = fusermount_options(&o, "imgmount:/a");
+        assert!(f.starts_with("ro,default_permissions,fsname=imgmount:/a,subtype=imgmount"));
+        assert!(f.contains(",allow_other,noexec,max_read=65536"));
+    }
+}

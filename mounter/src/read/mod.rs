@@ -1,0 +1,535 @@
+//! Verified reads of object files.
+//!
+//! An external file of the image names its object by a redirect (`/XX/rest`, relative to the
+//! objects directory) and, usually, its fs-verity digest. [`Objects::open`] opens the object
+//! and decides how its reads are checked ([`kernel::decide`]): by the kernel's fs-verity, by a
+//! Merkle tree checked in user space ([`sidecar`]), or not at all. [`Objects::read`] then
+//! serves byte ranges; with a tree, every block is hashed and compared before any byte of it
+//! is returned, and data that passed goes into a [`cache::BlockCache`] so it is hashed
+//! once. A block that fails is an error for the reads that need it, logged with the object
+//! and offset; the object stays open and its other blocks keep being served.
+
+pub mod cache;
+pub mod kernel;
+pub mod sidecar;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use imgmount_format::verity::{BLOCK_SIZE, Digest, MerkleTree};
+use lru::LruCache;
+
+use cache::{BlockCache, SEGMENT};
+use kernel::{Measured, Strategy};
+use sidecar::Sidecars;
+
+/// How much checking `--verity` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerityMode {
+    /// Every external file must carry a digest, and every byte is checked.
+    Require,
+    /// Files with a digest are checked; files without one are served as stored.
+    Auto,
+    /// Nothing is checked: the object store is trusted.
+    Off,
+}
+
+/// Why an object cannot be opened or a range of it read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("redirect {0:?} is not a path inside the object store")]
+    BadRedirect(String),
+    #[error("cannot open object {name}: {source}")]
+    Open { name: String, source: io::Error },
+    #[error("object {name}: {source}")]
+    Refused {
+        name: String,
+        source: Box<kernel::Refusal>,
+    },
+    #[error("object {name}: {source}")]
+    Tree {
+        name: String,
+        source: Box<sidecar::TreeError>,
+    },
+    #[error("object {name}: reading at offset {offset}: {source}")]
+    Io {
+        name: String,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("object {name}: block at offset {offset} failed verification: {source}")]
+    Verify {
+        name: String,
+        offset: u64,
+        source: imgmount_format::verity::VerityError,
+    },
+}
+
+/// Settings for [`Objects`].
+#[derive(Clone, Debug)]
+pub struct ReadConfig {
+    pub objects_dir: PathBuf,
+    pub sidecar_dir: PathBuf,
+    pub mode: VerityMode,
+    /// Bound of the verified-block cache, in bytes.
+    pub cache_bytes: u64,
+    /// How many opened objects (file and tree) are kept after their last close.
+    pub keep_open: usize,
+}
+
+/// How one open object's reads are checked.
+enum Check {
+    /// The kernel's fs-verity does it.
+    Kernel,
+    Tree(Box<MerkleTree>),
+    None,
+}
+
+/// An opened object: the file, its size as the image gives it, and how reads are checked.
+pub struct Object {
+    /// Cache-wide id, stable for the life of the mount for a given object.
+    id: u64,
+    file: File,
+    size: u64,
+    /// For log lines: the redirect path.
+    name: String,
+    check: Check,
+}
+
+impl Object {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// True when the kernel verifies reads (fs-verity) or nothing needs verifying, so the
+    /// file may be handed to the kernel for passthrough reads.
+    pub fn kernel_checked(&self) -> bool {
+        matches!(self.check, Check::Kernel)
+    }
+
+    #[cfg(test)]
+    pub fn is_verified(&self) -> bool {
+        !matches!(self.check, Check::None)
+    }
+}
+
+/// Identity of an object for the caches: its digest, or its redirect when it has none.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+enum ObjectKey {
+    Digest(Digest),
+    Path(Vec<u8>),
+}
+
+/// The object store as seen by a mount: opens objects and serves verified reads.
+pub struct Objects {
+    cfg: ReadConfig,
+    sidecars: Sidecars,
+    blocks: BlockCache,
+    /// Recently opened objects, so reopening a file costs neither an open nor a tree load.
+    recent: Mutex<LruCache<ObjectKey, Arc<Object>>>,
+    ids: Mutex<HashMap<ObjectKey, u64>>,
+    next_id: AtomicU64,
+}
+
+impl Objects {
+    pub fn new(cfg: ReadConfig) -> Self {
+        let keep = NonZeroUsize::new(cfg.keep_open).unwrap_or(NonZeroUsize::MIN);
+        Objects {
+            sidecars: Sidecars::new(cfg.sidecar_dir.clone()),
+            blocks: BlockCache::new(cfg.cache_bytes, SEGMENT),
+            recent: Mutex::new(LruCache::new(keep)),
+            ids: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            cfg,
+        }
+    }
+
+    #[cfg(test)]
+    pub fn block_cache(&self) -> &BlockCache {
+        &self.blocks
+    }
+
+    /// The object file a redirect names, refusing anything that could leave the store
+    /// (`..`, empty components); the image is not trusted to name paths.
+    pub fn object_path(&self, redirect: &[u8]) -> Result<PathBuf, ReadError> {
+        let rel = redirect.strip_prefix(b"/").unwrap_or(redirect);
+        let ok = !rel.is_empty()
+            && !rel.contains(&0)
+            && rel
+                .split(|&b| b == b'/')
+                .all(|c| !c.is_empty() && c != b"." && c != b"..");
+        if !ok {
+            return Err(ReadError::BadRedirect(
+                String::from_utf8_lossy(redirect).into_owned(),
+            ));
+        }
+        Ok(self
+            .cfg
+            .objects_dir
+            .join(Path::new(std::ffi::OsStr::from_bytes(rel))))
+    }
+
+    /// Opens the object for an external file of `size` bytes.
+    pub fn open(
+        &self,
+        redirect: &[u8],
+        digest: Option<Digest>,
+        size: u64,
+    ) -> Result<Arc<Object>, ReadError> {
+        let key = match digest {
+            Some(d) => ObjectKey::Digest(d),
+            None => ObjectKey::Path(redirect.to_vec()),
+        };
+        if let Some(obj) = self.lock_recent().get(&key)
+            && obj.size == size
+        {
+            return Ok(obj.clone());
+        }
+        let name = String::from_utf8_lossy(redirect).into_owned();
+        let path = self.object_path(redirect)?;
+        let file = File::open(&path).map_err(|source| ReadError::Open {
+            name: name.clone(),
+            source,
+        })?;
+        let measured = if kernel::needs_measure(self.cfg.mode, digest.as_ref()) {
+            kernel::measure(&file)
+        } else {
+            Measured::Unsupported
+        };
+        let strategy = kernel::decide(self.cfg.mode, digest, measured).map_err(|source| {
+            ReadError::Refused {
+                name: name.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        let check = match strategy {
+            Strategy::Kernel => Check::Kernel,
+            Strategy::Unverified => Check::None,
+            Strategy::UserTree(expected) => Check::Tree(Box::new(
+                self.sidecars
+                    .load_or_build(expected, size, &file, &name)
+                    .map_err(|source| ReadError::Tree {
+                        name: name.clone(),
+                        source: Box::new(source),
+                    })?,
+            )),
+        };
+        let obj = Arc::new(Object {
+            id: self.id_for(&key),
+            file,
+            size,
+            name,
+            check,
+        });
+        self.lock_recent().put(key, obj.clone());
+        Ok(obj)
+    }
+
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, LruCache<ObjectKey, Arc<Object>>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn id_for(&self, key: &ObjectKey) -> u64 {
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        *ids.entry(key.clone())
+            .or_insert_with(|| self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Reads up to `len` bytes at `offset`, clamped to the file's size, appending them to
+    /// `out`. With a tree every byte appended has been verified; on an error nothing of the
+    /// request should be served.
+    pub fn read(
+        &self,
+        obj: &Object,
+        offset: u64,
+        len: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ReadError> {
+        let end = offset.saturating_add(u64::from(len)).min(obj.size);
+        if offset >= end {
+            return Ok(());
+        }
+        match &obj.check {
+            Check::Kernel | Check::None => {
+                let at = out.len();
+                out.resize(at + (end - offset) as usize, 0);
+                let n = read_full_at(&obj.file, &mut out[at..], offset).map_err(|source| {
+                    ReadError::Io {
+                        name: obj.name.clone(),
+                        offset,
+                        source,
+                    }
+                })?;
+                out.truncate(at + n);
+                Ok(())
+            }
+            Check::Tree(tree) => self.read_verified(obj, tree, offset, end, out),
+        }
+    }
+
+    /// Serves `offset..end` segment by segment: from the cache, or read, verified block by
+    /// block, and cached.
+    fn read_verified(
+        &self,
+        obj: &Object,
+        tree: &MerkleTree,
+        offset: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ReadError> {
+        let seg = SEGMENT as u64;
+        for s in offset / seg..end.div_ceil(seg) {
+            let start = s * seg;
+            let stop = (start + seg).min(obj.size);
+            let a = (offset.max(start) - start) as usize;
+            let b = (end.min(stop) - start) as usize;
+            if let Some(d) = self.blocks.get(&(obj.id, s))
+                && d.len() as u64 == stop - start
+            {
+                out.extend_from_slice(&d[a..b]);
+                continue;
+            }
+            let (data, bad) = self.read_segment(obj, tree, start, stop)?;
+            if bad == 0 {
+                out.extend_from_slice(&data[a..b]);
+                self.blocks.insert((obj.id, s), Arc::new(data));
+                continue;
+            }
+            // Some block of the segment is bad: serve the request only if it needs none of
+            // them (so exactly the bad blocks fail), and never cache the segment.
+            let first = a / BLOCK_SIZE;
+            let last = b.div_ceil(BLOCK_SIZE);
+            let wanted = (first..last).fold(0u16, |m, i| m | (1 << i));
+            if let Some(i) = (0..16).find(|i| bad & wanted & (1 << i) != 0) {
+                return Err(ReadError::Verify {
+                    name: obj.name.clone(),
+                    offset: start + (i * BLOCK_SIZE) as u64,
+                    source: imgmount_format::verity::VerityError::DataBlockMismatch {
+                        block: start / BLOCK_SIZE as u64 + i as u64,
+                    },
+                });
+            }
+            out.extend_from_slice(&data[a..b]);
+        }
+        Ok(())
+    }
+
+    /// Reads `start..stop` (one segment) and verifies each of its blocks; returns the data
+    /// and a mask of the blocks that failed (each logged with object and offset).
+    fn read_segment(
+        &self,
+        obj: &Object,
+        tree: &MerkleTree,
+        start: u64,
+        stop: u64,
+    ) -> Result<(Vec<u8>, u16), ReadError> {
+        let bs = BLOCK_SIZE as u64;
+        let mut buf = vec![0u8; (stop - start) as usize];
+        // A short object is caught by verification: the missing tail stays zero, which
+        // hashes right only if zeros are the right bytes.
+        read_full_at(&obj.file, &mut buf, start).map_err(|source| ReadError::Io {
+            name: obj.name.clone(),
+            offset: start,
+            source,
+        })?;
+        let mut bad = 0u16;
+        for (i, data) in buf.chunks(BLOCK_SIZE).enumerate() {
+            let block = start / bs + i as u64;
+            if let Err(source) = tree.verify_data_block(block, data) {
+                log::error!(
+                    "{}",
+                    ReadError::Verify {
+                        name: obj.name.clone(),
+                        offset: block * bs,
+                        source,
+                    }
+                );
+                bad |= 1 << i;
+            }
+        }
+        Ok((buf, bad))
+    }
+}
+
+/// `pread` until `buf` is full or the file ends; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imgmount_format::verity::{HashAlg, digest_bytes};
+    use std::fs;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        objects: Objects,
+        data: Vec<u8>,
+        digest: Digest,
+        redirect: Vec<u8>,
+        path: PathBuf,
+    }
+
+    fn fixture(mode: VerityMode, size: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 253) as u8).collect();
+        let digest = digest_bytes(HashAlg::Sha256, &data);
+        let rel = digest.object_path();
+        let path = dir.path().join("objects").join(&rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, &data).unwrap();
+        let objects = Objects::new(ReadConfig {
+            objects_dir: dir.path().join("objects"),
+            sidecar_dir: dir.path().join("verity"),
+            mode,
+            cache_bytes: 1 << 20,
+            keep_open: 4,
+        });
+        Fixture {
+            _dir: dir,
+            objects,
+            data,
+            digest,
+            redirect: format!("/{rel}").into_bytes(),
+            path,
+        }
+    }
+
+    fn read(f: &Fixture, obj: &Object, off: u64, len: u32) -> Result<Vec<u8>, ReadError> {
+        read_with(&f.objects, obj, off, len)
+    }
+
+    fn read_with(o: &Objects, obj: &Object, off: u64, len: u32) -> Result<Vec<u8>, ReadError> {
+        let mut out = b"prefix".to_vec();
+        o.read(obj, off, len, &mut out)?;
+        assert_eq!(&out[..6], b"prefix", "appends");
+        Ok(out.split_off(6))
+    }
+
+    #[test]
+    fn verified_reads_return_exact_bytes() {
+        let f = fixture(VerityMode::Require, 1_000_000);
+        let obj = f
+            .objects
+            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+            .unwrap();
+        assert!(obj.is_verified());
+        for (off, len) in [(0u64, 10u32), (4095, 2), (12_345, 100_000), (999_990, 100)] {
+            let got = read(&f, &obj, off, len).unwrap();
+            let end = (off as usize + len as usize).min(f.data.len());
+            assert_eq!(got, &f.data[off as usize..end], "at {off}+{len}");
+        }
+        assert!(read(&f, &obj, 2_000_000, 10).unwrap().is_empty());
+        assert!(f.objects.block_cache().len() > 0);
+    }
+
+    #[test]
+    fn corrupt_block_fails_alone() {
+        let f = fixture(VerityMode::Auto, 300_000);
+        // Build the sidecar first, as a previous mount would have.
+        drop(
+            f.objects
+                .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+                .unwrap(),
+        );
+        let mut bad = f.data.clone();
+        bad[5 * 4096 + 7] ^= 0x10;
+        fs::write(&f.path, &bad).unwrap();
+        let fresh = Objects::new(f.objects.cfg.clone());
+        let obj = fresh
+            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+            .unwrap();
+        let err = read_with(&fresh, &obj, 5 * 4096, 10).unwrap_err();
+        assert!(matches!(err, ReadError::Verify { offset, .. } if offset == 5 * 4096));
+        assert!(read_with(&fresh, &obj, 4 * 4096, 8192 * 2).is_err());
+        // Neighbours in the same cache segment are still served, and not from a cache.
+        assert_eq!(
+            read_with(&fresh, &obj, 0, 5 * 4096).unwrap(),
+            &f.data[..5 * 4096]
+        );
+        let got = read_with(&fresh, &obj, 6 * 4096, 50_000).unwrap();
+        assert_eq!(got, &f.data[6 * 4096..6 * 4096 + 50_000]);
+        assert!(read_with(&fresh, &obj, 5 * 4096 + 4095, 1).is_err());
+    }
+
+    #[test]
+    fn off_mode_serves_without_checking() {
+        let f = fixture(VerityMode::Off, 10_000);
+        let mut bad = f.data.clone();
+        bad[0] ^= 1;
+        fs::write(&f.path, &bad).unwrap();
+        let obj = f
+            .objects
+            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+            .unwrap();
+        assert!(!obj.is_verified());
+        assert_eq!(read(&f, &obj, 0, 4).unwrap(), &bad[..4]);
+    }
+
+    #[test]
+    fn require_refuses_files_without_digest() {
+        let f = fixture(VerityMode::Require, 100);
+        let err = f.objects.open(&f.redirect, None, 100).err().unwrap();
+        assert!(matches!(
+            err,
+            ReadError::Refused { source, .. } if *source == kernel::Refusal::NoDigest
+        ));
+        let auto = Objects::new(ReadConfig {
+            mode: VerityMode::Auto,
+            ..f.objects.cfg.clone()
+        });
+        let obj = auto.open(&f.redirect, None, 100).unwrap();
+        assert_eq!(read_with(&auto, &obj, 0, 200).unwrap(), f.data);
+    }
+
+    #[test]
+    fn redirects_cannot_escape_the_store() {
+        let f = fixture(VerityMode::Auto, 10);
+        for bad in [
+            &b"/../etc/passwd"[..],
+            b"/ab/../../x",
+            b"",
+            b"/",
+            b"//x",
+            b"/a/./b",
+        ] {
+            assert!(
+                matches!(f.objects.object_path(bad), Err(ReadError::BadRedirect(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(
+            f.objects
+                .object_path(b"/ab/cdef")
+                .unwrap()
+                .ends_with("objects/ab/cdef")
+        );
+    }
+
+    #[test]
+    fn missing_object_is_an_open_error() {
+        let f = fixture(VerityMode::Auto, 10);
+        fs::remove_file(&f.path).unwrap();
+        assert!(matches!(
+            f.objects.open(&f.redirect, Some(f.digest), 10),
+            Err(ReadError::Open { .. })
+        ));
+    }
+}
