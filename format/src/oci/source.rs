@@ -1,0 +1,212 @@
+//! Where an image comes from: the SOURCE strings `imgmount import` accepts.
+//!
+//! The transports and their syntax follow skopeo's (`containers/image`): the
+//! transport name, a colon, a path, and after the *first* following colon an
+//! optional tag or reference. So a path cannot contain a colon, and a tag can
+//! (`oci-archive:img.tar:docker.io/library/debian:12`).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A parsed SOURCE string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `oci:DIR[:TAG]`: an OCI image layout directory.
+    OciDir { path: PathBuf, tag: Option<String> },
+    /// `oci-archive:FILE[:TAG]`: an OCI image layout in a tar file.
+    OciArchive { path: PathBuf, tag: Option<String> },
+    /// `docker-archive:FILE[:REF]`: `docker save` / `skopeo copy … docker-archive:` output.
+    DockerArchive {
+        path: PathBuf,
+        reference: Option<String>,
+    },
+    /// `dir:PATH`: a directory holding a root filesystem.
+    Dir { path: PathBuf },
+    /// `tar:FILE`: a root filesystem tarball, gzip, zstd or uncompressed.
+    Tar { path: PathBuf },
+}
+
+/// Why a SOURCE string was not understood.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SourceError {
+    #[error(
+        "{0:?} names no known transport: use oci:DIR[:TAG], oci-archive:FILE[:TAG], \
+         docker-archive:FILE[:REF], dir:PATH or tar:FILE"
+    )]
+    UnknownTransport(String),
+    #[error("{0:?} has an empty path")]
+    EmptyPath(String),
+    #[error("{0:?} has an empty tag after the last colon")]
+    EmptyTag(String),
+}
+
+/// Splits `PATH[:TAG]` at its first colon, as skopeo does.
+fn path_and_tag(spec: &str, rest: &str) -> Result<(PathBuf, Option<String>), SourceError> {
+    let (path, tag) = match rest.split_once(':') {
+        Some((p, t)) => (p, Some(t)),
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(SourceError::EmptyPath(spec.to_owned()));
+    }
+    if tag == Some("") {
+        return Err(SourceError::EmptyTag(spec.to_owned()));
+    }
+    Ok((PathBuf::from(path), tag.map(str::to_owned)))
+}
+
+impl FromStr for Source {
+    type Err = SourceError;
+
+    fn from_str(spec: &str) -> Result<Self, SourceError> {
+        let (transport, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| SourceError::UnknownTransport(spec.to_owned()))?;
+        match transport {
+            "oci" => {
+                let (path, tag) = path_and_tag(spec, rest)?;
+                Ok(Source::OciDir { path, tag })
+            }
+            "oci-archive" => {
+                let (path, tag) = path_and_tag(spec, rest)?;
+                Ok(Source::OciArchive { path, tag })
+            }
+            "docker-archive" => {
+                let (path, reference) = path_and_tag(spec, rest)?;
+                Ok(Source::DockerArchive { path, reference })
+            }
+            // A whole path: a directory or tarball name may contain colons.
+            "dir" | "tar" if rest.is_empty() => Err(SourceError::EmptyPath(spec.to_owned())),
+            "dir" => Ok(Source::Dir {
+                path: PathBuf::from(rest),
+            }),
+            "tar" => Ok(Source::Tar {
+                path: PathBuf::from(rest),
+            }),
+            _ => Err(SourceError::UnknownTransport(spec.to_owned())),
+        }
+    }
+}
+
+impl Source {
+    /// Whether a string looks like a SOURCE (has a known transport prefix), so
+    /// that a command taking "a tag, a digest or a SOURCE" can tell them apart.
+    pub fn looks_like_source(s: &str) -> bool {
+        matches!(
+            s.split_once(':').map(|(t, _)| t),
+            Some("oci" | "oci-archive" | "docker-archive" | "dir" | "tar")
+        )
+    }
+
+    /// The tag the source names, if any: a default for `--tag`.
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            Source::OciDir { tag, .. } | Source::OciArchive { tag, .. } => tag.as_deref(),
+            Source::DockerArchive { reference, .. } => reference.as_deref(),
+            Source::Dir { .. } | Source::Tar { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (transport, path, tag) = match self {
+            Source::OciDir { path, tag } => ("oci", path, tag.as_deref()),
+            Source::OciArchive { path, tag } => ("oci-archive", path, tag.as_deref()),
+            Source::DockerArchive { path, reference } => {
+                ("docker-archive", path, reference.as_deref())
+            }
+            Source::Dir { path } => ("dir", path, None),
+            Source::Tar { path } => ("tar", path, None),
+        };
+        write!(f, "{transport}:{}", path.display())?;
+        if let Some(tag) = tag {
+            write!(f, ":{tag}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_transport() {
+        assert_eq!(
+            "oci:./layout:v1".parse(),
+            Ok(Source::OciDir {
+                path: "./layout".into(),
+                tag: Some("v1".into())
+            })
+        );
+        assert_eq!(
+            "oci-archive:/x/img.tar".parse(),
+            Ok(Source::OciArchive {
+                path: "/x/img.tar".into(),
+                tag: None
+            })
+        );
+        assert_eq!(
+            "docker-archive:d.tar:docker.io/library/debian:12".parse(),
+            Ok(Source::DockerArchive {
+                path: "d.tar".into(),
+                reference: Some("docker.io/library/debian:12".into())
+            })
+        );
+        assert_eq!(
+            "dir:/srv/a:b".parse(),
+            Ok(Source::Dir {
+                path: "/srv/a:b".into()
+            })
+        );
+        assert_eq!(
+            "tar:root.tar.gz".parse(),
+            Ok(Source::Tar {
+                path: "root.tar.gz".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        assert!(matches!(
+            "docker://x".parse::<Source>(),
+            Err(SourceError::UnknownTransport(_))
+        ));
+        assert!(matches!(
+            "layout".parse::<Source>(),
+            Err(SourceError::UnknownTransport(_))
+        ));
+        assert!(matches!(
+            "oci::tag".parse::<Source>(),
+            Err(SourceError::EmptyPath(_))
+        ));
+        assert!(matches!(
+            "oci:dir:".parse::<Source>(),
+            Err(SourceError::EmptyTag(_))
+        ));
+        assert!(matches!(
+            "dir:".parse::<Source>(),
+            Err(SourceError::EmptyPath(_))
+        ));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "oci:a:b",
+            "oci-archive:x.tar",
+            "docker-archive:d.tar:r:1",
+            "dir:/p",
+            "tar:t",
+        ] {
+            let parsed: Source = s.parse().unwrap();
+            assert_eq!(parsed.to_string(), s);
+        }
+        assert!(Source::looks_like_source("oci:x"));
+        assert!(!Source::looks_like_source("sha256:abcd"));
+        assert!(!Source::looks_like_source("mytag"));
+    }
+}

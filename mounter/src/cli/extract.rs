@@ -1,0 +1,303 @@
+//! `imgmount extract`: unpack an image into a directory, without FUSE.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, lchown, symlink};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use imgmount_format::composefs::tree_from_image;
+use imgmount_format::erofs::reader::Image;
+use imgmount_format::store::ObjectStore;
+use imgmount_format::tree::{Directory, LeafContent, LeafId, Node, RegularFile, Stat, Tree};
+use imgmount_format::verity::FsVerityHasher;
+
+use super::store_path::{StoreArg, resolve_image};
+
+/// Unpack an image from the store into DIR, checking every file's content
+/// against its fs-verity digest on the way.
+///
+/// IMAGE is a tag, a digest, or a SOURCE (imported first, see `imgmount
+/// import`). DIR must not exist or be empty. As root, ownership, device nodes
+/// and trusted./security. xattrs are restored; otherwise files belong to you,
+/// device nodes become empty files (as `umoci unpack --rootless` makes them)
+/// and only user. xattrs are set (the counts of what was left out are
+/// printed). Hard links stay hard links.
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// The image: a tag, `sha256:HEX` (or a unique prefix), or a SOURCE.
+    pub image: String,
+    /// Directory to create and fill.
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// What an unprivileged extract leaves out.
+#[derive(Default, Debug)]
+struct Skipped {
+    devices: usize,
+    xattrs: usize,
+    owners: usize,
+}
+
+struct Extractor<'a> {
+    store: &'a ObjectStore,
+    tree: &'a Tree,
+    privileged: bool,
+    first_path: HashMap<LeafId, PathBuf>,
+    skipped: Skipped,
+    buf: Vec<u8>,
+}
+
+fn cpath(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("{} contains a NUL byte", path.display()))
+}
+
+fn last_os_error(what: &str, path: &Path) -> anyhow::Error {
+    anyhow::Error::new(io::Error::last_os_error()).context(format!("{what} {}", path.display()))
+}
+
+pub fn run(args: ExtractArgs) -> Result<()> {
+    let (store, image_path) = resolve_image(&args.store, &args.image)?;
+    let image =
+        Image::open(&image_path).with_context(|| format!("opening {}", image_path.display()))?;
+    let tree =
+        tree_from_image(&image).with_context(|| format!("reading {}", image_path.display()))?;
+    match fs::read_dir(&args.dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!("{} exists and is not empty", args.dir.display());
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir(&args.dir)
+                .with_context(|| format!("creating {}", args.dir.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", args.dir.display())),
+    }
+    let mut x = Extractor {
+        store: &store,
+        tree: &tree,
+        // SAFETY: geteuid has no preconditions.
+        privileged: unsafe { libc::geteuid() } == 0,
+        first_path: HashMap::new(),
+        skipped: Skipped::default(),
+        buf: vec![0; 1 << 20],
+    };
+    x.directory(&tree.root, &args.dir)?;
+    let s = &x.skipped;
+    if s.devices + s.xattrs + s.owners > 0 {
+        eprintln!(
+            "imgmount: not root: {} device nodes became empty files; left out {} \
+             trusted./security. xattrs and the ownership of {} entries",
+            s.devices, s.xattrs, s.owners
+        );
+    }
+    Ok(())
+}
+
+impl Extractor<'_> {
+    fn directory(&mut self, dir: &Directory, path: &Path) -> Result<()> {
+        for (name, node) in &dir.entries {
+            let child = path.join(OsStr::from_bytes(name));
+            match node {
+                Node::Directory(sub) => {
+                    // Owner-writable while filling; the real mode comes after.
+                    fs::create_dir(&child)
+                        .with_context(|| format!("creating {}", child.display()))?;
+                    fs::set_permissions(&child, fs::Permissions::from_mode(0o700))
+                        .with_context(|| format!("chmod {}", child.display()))?;
+                    self.directory(sub, &child)?;
+                }
+                Node::Leaf(id) => self.leaf(*id, &child)?,
+            }
+        }
+        self.metadata(path, &dir.stat, true)
+    }
+
+    fn leaf(&mut self, id: LeafId, path: &Path) -> Result<()> {
+        if let Some(first) = self.first_path.get(&id) {
+            return fs::hard_link(first, path)
+                .with_context(|| format!("linking {} to {}", path.display(), first.display()));
+        }
+        let tree = self.tree;
+        let leaf = tree
+            .leaves
+            .get(id.0)
+            .with_context(|| format!("{}: the image names a missing leaf", path.display()))?;
+        match &leaf.content {
+            LeafContent::Regular(RegularFile::Inline(data)) => {
+                fs::write(path, data).with_context(|| format!("writing {}", path.display()))?;
+            }
+            LeafContent::Regular(RegularFile::External {
+                size,
+                payload,
+                digest,
+            }) => self.external(path, *size, payload.as_deref(), digest.as_ref())?,
+            LeafContent::Symlink(target) => {
+                symlink(OsStr::from_bytes(target), path)
+                    .with_context(|| format!("creating symlink {}", path.display()))?;
+            }
+            LeafContent::Fifo => self.mknod(path, libc::S_IFIFO, 0)?,
+            LeafContent::Socket => self.mknod(path, libc::S_IFSOCK, 0)?,
+            LeafContent::CharDevice(rdev) | LeafContent::BlockDevice(rdev) => {
+                if !self.privileged {
+                    // As `umoci unpack --rootless` does: the name stays, as an empty file.
+                    self.skipped.devices += 1;
+                    File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                    self.metadata(path, &leaf.stat, false)?;
+                    self.first_path.insert(id, path.to_owned());
+                    return Ok(());
+                }
+                let kind = if matches!(leaf.content, LeafContent::CharDevice(_)) {
+                    libc::S_IFCHR
+                } else {
+                    libc::S_IFBLK
+                };
+                self.mknod(path, kind, *rdev)?;
+            }
+        }
+        self.metadata(path, &leaf.stat, false)?;
+        self.first_path.insert(id, path.to_owned());
+        Ok(())
+    }
+
+    fn mknod(&self, path: &Path, kind: libc::mode_t, rdev: u64) -> Result<()> {
+        let c = cpath(path)?;
+        // SAFETY: c is a valid NUL-terminated path.
+        if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, rdev as libc::dev_t) } != 0 {
+            return Err(last_os_error("mknod", path));
+        }
+        Ok(())
+    }
+
+    /// Copies an object out of the store, checking its digest as it goes.
+    fn external(
+        &mut self,
+        path: &Path,
+        size: u64,
+        payload: Option<&[u8]>,
+        digest: Option<&imgmount_format::verity::Digest>,
+    ) -> Result<()> {
+        let object = match (digest, payload) {
+            (Some(d), _) => self.store.object_path(d),
+            (None, Some(p)) => {
+                let p = std::str::from_utf8(p).ok().filter(|p| {
+                    let mut parts = p.trim_start_matches('/').split('/');
+                    matches!((parts.next(), parts.next(), parts.next()),
+                        (Some(a), Some(b), None) if a.len() == 2
+                            && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_hexdigit()))
+                });
+                let p = p.with_context(|| format!("{}: bad object name", path.display()))?;
+                self.store.objects_dir().join(p.trim_start_matches('/'))
+            }
+            (None, None) => bail!("{}: external file names no object", path.display()),
+        };
+        let mut src = File::open(&object)
+            .with_context(|| format!("{}: opening object {}", path.display(), object.display()))?;
+        let mut dst = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut hasher = digest.map(|d| FsVerityHasher::new(d.alg()));
+        let mut copied = 0u64;
+        loop {
+            let n = match src.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", object.display())),
+            };
+            let chunk = self.buf.get(..n).unwrap_or_default();
+            if let Some(h) = hasher.as_mut() {
+                h.update(chunk);
+            }
+            dst.write_all(chunk)
+                .with_context(|| format!("writing {}", path.display()))?;
+            copied += n as u64;
+        }
+        if copied != size {
+            bail!(
+                "{}: object {} has {copied} bytes, the image says {size}",
+                path.display(),
+                object.display()
+            );
+        }
+        if let (Some(h), Some(want)) = (hasher, digest) {
+            let got = h.finalize();
+            if got != *want {
+                let _ = fs::remove_file(path);
+                bail!(
+                    "{}: object {} has digest {got}, the image says {want}: run imgmount fsck",
+                    path.display(),
+                    object.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs and mtime, in that order (chown clears setuid bits).
+    fn metadata(&mut self, path: &Path, stat: &Stat, is_dir: bool) -> Result<()> {
+        let is_symlink = fs::symlink_metadata(path)
+            .with_context(|| format!("stat {}", path.display()))?
+            .file_type()
+            .is_symlink();
+        if self.privileged {
+            lchown(path, Some(stat.uid), Some(stat.gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        } else if stat.uid != 0 || stat.gid != 0 {
+            self.skipped.owners += 1;
+        }
+        if !is_symlink {
+            fs::set_permissions(path, fs::Permissions::from_mode(stat.mode & 0o7777))
+                .with_context(|| format!("chmod {}", path.display()))?;
+        }
+        let c = cpath(path)?;
+        for (name, value) in &stat.xattrs {
+            if !self.privileged && !name.starts_with(b"user.") {
+                self.skipped.xattrs += 1;
+                continue;
+            }
+            let cname = CString::new(name.clone())
+                .with_context(|| format!("{}: xattr name with a NUL byte", path.display()))?;
+            // SAFETY: both strings are NUL-terminated, value points at value.len() bytes.
+            let rc = unsafe {
+                libc::lsetxattr(
+                    c.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            };
+            if rc != 0 {
+                return Err(last_os_error(
+                    &format!("setting xattr {} on", String::from_utf8_lossy(name)),
+                    path,
+                ));
+            }
+        }
+        let t = libc::timespec {
+            tv_sec: stat.mtime.sec.min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: libc::c_long::from(stat.mtime.nsec.min(999_999_999) as i32),
+        };
+        let times = [t, t];
+        // SAFETY: c is a valid path, times points at two timespecs.
+        let rc = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 && !is_dir {
+            return Err(last_os_error("setting the mtime of", path));
+        }
+        Ok(())
+    }
+}

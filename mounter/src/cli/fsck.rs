@@ -1,0 +1,77 @@
+//! `imgmount fsck`: recompute every digest in the store.
+
+use anyhow::{Result, bail};
+use clap::Args;
+use serde::Serialize;
+
+use super::store_path::StoreArg;
+
+/// Check the store: recompute every object's fs-verity digest and compare it
+/// with the object's name, check Merkle-tree sidecars and image files, and
+/// report images whose objects are missing.
+///
+/// With --repair, bad objects, sidecars and images are removed (import the
+/// image again to restore its content). Exit status 0 when all is well, 1 when
+/// problems were found (even if repaired).
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Remove what is bad.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print a JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Problem {
+    path: String,
+    reason: String,
+    removed: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    objects: usize,
+    sidecars: usize,
+    images: usize,
+    problems: Vec<Problem>,
+}
+
+pub fn run(args: FsckArgs) -> Result<()> {
+    let store = args.store.open()?;
+    let r = store.fsck(args.repair)?;
+    let problems = r.problems.len();
+    if args.json {
+        let report = Report {
+            objects: r.objects,
+            sidecars: r.sidecars,
+            images: r.images,
+            problems: r
+                .problems
+                .into_iter()
+                .map(|p| Problem {
+                    path: p.path.display().to_string(),
+                    reason: p.reason,
+                    removed: p.removed,
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for p in &r.problems {
+            let removed = if p.removed { " (removed)" } else { "" };
+            println!("{}: {}{removed}", p.path.display(), p.reason);
+        }
+        println!(
+            "checked {} objects, {} sidecars, {} images: {} problems",
+            r.objects, r.sidecars, r.images, problems
+        );
+    }
+    if problems > 0 {
+        bail!("{problems} problems found in the store");
+    }
+    Ok(())
+}
