@@ -23,6 +23,7 @@ use fuser::{Config, Session, SessionACL};
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{self, Digest};
 
+use super::store_path::{StoreArg, resolve_image};
 use crate::fs::session::{self, is_root};
 use crate::fs::{FsOptions, ImgFs};
 use crate::read::{Objects, ReadConfig, VerityMode};
@@ -30,8 +31,12 @@ use crate::read::{Objects, ReadConfig, VerityMode};
 /// Mount an image read-only with FUSE, verifying every byte of its external files.
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// The composefs image file.
-    pub image: PathBuf,
+    /// The image: a composefs image file, or from the store a tag, an image
+    /// digest (`sha256:HEX` or a unique prefix), or a SOURCE such as
+    /// `oci:./layout:tag` (imported into the store first; see `imgmount import`).
+    pub image: String,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Where to mount it.
     pub mountpoint: PathBuf,
     /// Directory holding the objects (`XX/rest` files). Default: the `objects` directory
@@ -206,14 +211,26 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     if (opts.suid || opts.dev) && !is_root() {
         bail!("-o suid and -o dev need root: a normal user's FUSE mount is always nosuid,nodev");
     }
-    let image_path = session::absolute(&args.image)?;
+    // A path that exists is an image file; anything else names an image in
+    // (or a source to import into) the store, whose objects then serve it.
+    let (image_path, store_objects) = if Path::new(&args.image).is_file() {
+        (session::absolute(Path::new(&args.image))?, None)
+    } else {
+        let (store, path) = resolve_image(&args.store, &args.image)
+            .with_context(|| format!("finding image {:?}", args.image))?;
+        // The daemon changes directory to `/`: a relative --store must not follow it.
+        (
+            session::absolute(&path)?,
+            Some(session::absolute(store.objects_dir())?),
+        )
+    };
     let mountpoint = session::absolute(&args.mountpoint)?;
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
     let objects_dir = match &args.objects {
         Some(p) => session::absolute(p)?,
-        None => default_objects(&image_path),
+        None => store_objects.unwrap_or_else(|| default_objects(&image_path)),
     };
     let sidecar_dir = match &args.verity_dir {
         Some(p) => session::absolute(p)?,
