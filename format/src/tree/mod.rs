@@ -13,7 +13,7 @@ use crate::erofs::format::{
 use crate::verity::Digest;
 
 mod from_dir;
-pub use from_dir::{FromDirOptions, tree_from_dir};
+pub use from_dir::{FromDirError, FromDirOptions, tree_from_dir};
 
 /// Modification time with nanoseconds, as stored in an extended inode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -147,6 +147,26 @@ impl Directory {
             .values()
             .filter(|n| matches!(n, Node::Directory(_)))
             .count()
+    }
+}
+
+impl Drop for Directory {
+    /// Frees nested directories with an explicit stack: the derived drop would
+    /// recurse once per level and overflow the stack on a hostile, very deep tree.
+    fn drop(&mut self) {
+        let mut stack: Vec<Box<Directory>> = Vec::new();
+        let mut take_subdirs = |dir: &mut Directory, stack: &mut Vec<Box<Directory>>| {
+            for node in std::mem::take(&mut dir.entries).into_values() {
+                if let Node::Directory(sub) = node {
+                    stack.push(sub);
+                }
+            }
+        };
+        take_subdirs(self, &mut stack);
+        while let Some(mut dir) = stack.pop() {
+            take_subdirs(&mut dir, &mut stack);
+            // `dir` now has no subdirectories, so dropping it does not recurse.
+        }
     }
 }
 
@@ -295,10 +315,12 @@ impl Tree {
     /// Number of directory entries naming each leaf: a leaf's `nlink`.
     pub fn link_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.leaves.len()];
-        fn walk(d: &Directory, counts: &mut [u32]) {
-            for node in d.entries.values() {
+        // An explicit stack: a hostile tree may be deeper than the thread's stack.
+        let mut stack = vec![&self.root];
+        while let Some(dir) = stack.pop() {
+            for node in dir.entries.values() {
                 match node {
-                    Node::Directory(sub) => walk(sub, counts),
+                    Node::Directory(sub) => stack.push(sub),
                     Node::Leaf(id) => {
                         if let Some(c) = counts.get_mut(id.0) {
                             *c += 1;
@@ -307,7 +329,6 @@ impl Tree {
                 }
             }
         }
-        walk(&self.root, &mut counts);
         counts
     }
 }
@@ -344,6 +365,24 @@ mod tests {
             t.insert(b"/b/y", Node::Leaf(id)),
             Err(TreeError::ParentNotDirectory("/b/y".into()))
         );
+    }
+
+    #[test]
+    fn very_deep_trees_drop_and_count_without_recursion() {
+        // Deep enough to overflow a 2 MiB test-thread stack if either recursed.
+        let mut t = Tree::new(Stat::default());
+        let id = file(&mut t, b"x");
+        let mut dir = &mut t.root;
+        for _ in 0..200_000 {
+            dir.entries.insert(b"d".to_vec(), Node::Directory(Box::default()));
+            let Some(Node::Directory(next)) = dir.entries.get_mut(&b"d"[..]) else {
+                unreachable!()
+            };
+            dir = next;
+        }
+        dir.entries.insert(b"f".to_vec(), Node::Leaf(id));
+        assert_eq!(t.link_counts(), vec![1]);
+        drop(t);
     }
 
     #[test]
