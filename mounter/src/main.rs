@@ -25,33 +25,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Build a composefs image from a directory or a dumpfile (like mkcomposefs).
     Create(cli::create::CreateArgs),
-    /// Print an image as a composefs dumpfile (like composefs-info dump).
     Dump(cli::dump::DumpArgs),
-    /// List the entries of a directory in an image.
     Ls(cli::ls::LsArgs),
-    /// Print a file from an image, verified against its fs-verity digest.
     Cat(cli::cat::CatArgs),
-    /// Print the fs-verity digest of files (like `fsverity digest`).
     Digest(cli::digest::DigestArgs),
-    /// Mount an image with FUSE, verifying every byte read.
     Mount(cli::mount::MountArgs),
-    /// Unmount an imgmount mount, also one whose daemon has died.
     Umount(cli::umount::UmountArgs),
-    /// Import an OCI image or a root filesystem into the store.
     Import(cli::import::ImportArgs),
-    /// List the images in the store.
     Images(cli::images::ImagesArgs),
-    /// Give an image in the store a name.
     Tag(cli::tag::TagArgs),
-    /// Remove images or tags from the store.
     Rm(cli::rm::RmArgs),
-    /// Remove file contents no image in the store references.
     Gc(cli::gc::GcArgs),
-    /// Check every digest in the store.
     Fsck(cli::fsck::FsckArgs),
-    /// Unpack an image from the store into a directory, without FUSE.
     Extract(cli::extract::ExtractArgs),
 }
 

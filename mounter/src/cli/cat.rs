@@ -31,6 +31,7 @@ pub enum VerityMode {
 /// Example:
 ///   imgmount cat rootfs.cfs /etc/os-release --objects /var/lib/objects
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct CatArgs {
     /// The composefs image file.
     pub image: PathBuf,

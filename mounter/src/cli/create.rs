@@ -26,6 +26,7 @@ use super::UsageError;
 ///   imgmount create --digest-store objects rootfs/ rootfs.cfs
 ///   imgmount dump old.cfs | imgmount create --from-file - new.cfs
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct CreateArgs {
     /// A directory, or with --from-file a dumpfile ('-' reads standard input).
     pub source: PathBuf,

@@ -8,8 +8,10 @@ use clap::Args;
 use imgmount_format::verity::{HashAlg, digest_file};
 use serde::Serialize;
 
-/// Print the fs-verity digest of each file: one `sha256:HEX FILE` line per
-/// file, the same output as `fsverity digest --block-size=4096 FILE...`.
+/// Print the fs-verity digest of files, like `fsverity digest`.
+///
+/// One `sha256:HEX FILE` line per file, the same output as
+/// `fsverity digest --block-size=4096 FILE...`.
 ///
 /// The fs-verity digest is a hash of the file's Merkle tree (4096-byte
 /// blocks). It is the name the file's content gets in an object store
@@ -21,6 +23,7 @@ use serde::Serialize;
 ///   imgmount digest rootfs.cfs
 ///   imgmount digest --hash sha512 --json a.bin b.bin
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct DigestArgs {
     /// Files to digest.
     #[arg(required = true, value_name = "FILE")]

@@ -9,10 +9,13 @@ use imgmount_format::composefs::tree_from_image;
 use imgmount_format::dumpfile::write_dumpfile;
 use imgmount_format::erofs::reader::Image;
 
-/// Print a composefs image as a dumpfile: one line per file with its metadata,
-/// xattrs and object digest, in the format `mkcomposefs --from-file` reads, so
+/// Print a composefs image as a dumpfile.
+///
+/// One line per file with its metadata, xattrs and object digest, in the
+/// format `mkcomposefs --from-file` reads, so
 /// `imgmount dump A | imgmount create --from-file - B` rebuilds the same image.
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct DumpArgs {
     /// The composefs image file.
     pub image: PathBuf,

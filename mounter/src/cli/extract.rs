@@ -18,8 +18,9 @@ use imgmount_format::verity::FsVerityHasher;
 
 use super::store_path::{StoreArg, resolve_image};
 
-/// Unpack an image from the store into DIR, checking every file's content
-/// against its fs-verity digest on the way.
+/// Unpack an image from the store into a directory, without FUSE.
+///
+/// Every file's content is checked against its fs-verity digest on the way.
 ///
 /// IMAGE is a tag, a digest, or a SOURCE (imported first, see `imgmount
 /// import`). DIR must not exist or be empty. As root, ownership, device nodes
@@ -28,6 +29,7 @@ use super::store_path::{StoreArg, resolve_image};
 /// and only user. xattrs are set (the counts of what was left out are
 /// printed). Hard links stay hard links.
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct ExtractArgs {
     /// The image: a tag, `sha256:HEX` (or a unique prefix), or a SOURCE.
     pub image: String,

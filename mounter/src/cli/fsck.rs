@@ -6,14 +6,17 @@ use serde::Serialize;
 
 use super::store_path::StoreArg;
 
-/// Check the store: recompute every object's fs-verity digest and compare it
-/// with the object's name, check Merkle-tree sidecars and image files, and
-/// report images whose objects are missing.
+/// Check every digest in the store.
+///
+/// Recomputes every object's fs-verity digest and compares it with the
+/// object's name, checks Merkle-tree sidecars and image files, and reports
+/// images whose objects are missing.
 ///
 /// With --repair, bad objects, sidecars and images are removed (import the
 /// image again to restore its content). Exit status 0 when all is well, 1 when
 /// problems were found (even if repaired).
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct FsckArgs {
     #[command(flatten)]
     pub store: StoreArg,

@@ -6,13 +6,16 @@ use serde::Serialize;
 
 use super::store_path::StoreArg;
 
-/// Remove objects no image references, with their Merkle-tree sidecars, and
+/// Remove from the store what no image references.
+///
+/// Objects no image references go, with their Merkle-tree sidecars, and so do
 /// leftovers of interrupted imports.
 ///
 /// Safe beside a running import: gc waits for imports to finish (and new ones
 /// wait for gc) through a lock on the store. An image that cannot be read stops
 /// gc before it removes anything.
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct GcArgs {
     #[command(flatten)]
     pub store: StoreArg,

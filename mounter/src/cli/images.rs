@@ -14,6 +14,7 @@ use super::store_path::StoreArg;
 /// (`sha256:HEX`), `path`, `size`, `created` (seconds since the epoch) and
 /// `tags`, for scripts. With --quiet only digests are printed, one a line.
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct ImagesArgs {
     #[command(flatten)]
     pub store: StoreArg,

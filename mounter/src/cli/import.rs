@@ -33,6 +33,7 @@ use super::store_path::{StoreArg, parse_size};
 ///
 /// Exit status: 0 imported, 1 failed (bad blob, hostile layer, I/O), 2 bad usage.
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct ImportArgs {
     /// What to import (see above).
     pub source: String,

@@ -19,6 +19,7 @@ use serde::Serialize;
 /// Example:
 ///   imgmount ls rootfs.cfs /etc --json
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct LsArgs {
     /// The composefs image file.
     pub image: PathBuf,

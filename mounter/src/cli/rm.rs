@@ -11,6 +11,7 @@ use super::store_path::StoreArg;
 /// it. A digest (`sha256:HEX` or a unique prefix) removes the image and every
 /// tag naming it. File contents stay until `imgmount gc`.
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct RmArgs {
     /// Tags or digests.
     #[arg(required = true)]

@@ -6,12 +6,15 @@ use clap::Args;
 use super::UsageError;
 use super::store_path::StoreArg;
 
-/// Name an image: TAG will point at IMAGE (a tag, a digest or a unique digest
-/// prefix), replacing what TAG named before.
+/// Give an image in the store a name.
+///
+/// TAG will point at IMAGE (a tag, a digest or a unique digest prefix),
+/// replacing what TAG named before.
 ///
 /// Example:
 ///   imgmount tag sha256:3f2a web:stable
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct TagArgs {
     /// The image: a tag, `sha256:HEX`, or a unique prefix of its digest.
     pub image: String,
