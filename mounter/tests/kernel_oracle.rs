@@ -19,7 +19,15 @@ use imgmount_format::verity::{HashAlg, digest_file};
 /// Returns false (after printing why) when the test cannot run here; panics
 /// instead under CI, where every test must run.
 fn can_run(what: &str) -> bool {
-    let why = if unsafe { libc::geteuid() } != 0 {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // erofs and overlay may be modules not loaded yet on a fresh machine.
+        for module in ["erofs", "overlay", "loop"] {
+            let _ = Command::new("modprobe").arg(module).status();
+        }
+    }
+    let why = if !root {
         Some("needs root for loop and overlay mounts")
     } else if !Path::new("/proc/filesystems").exists()
         || !fs::read_to_string("/proc/filesystems")
@@ -90,7 +98,10 @@ fn list_xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     assert!(n >= 0, "llistxattr {}", path.display());
     let mut out = BTreeMap::new();
-    for name in names[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+    for name in names[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+    {
         let cname = CString::new(name).unwrap();
         let mut value = vec![0u8; 65536];
         // SAFETY: valid C strings and a buffer valid for its length.
@@ -186,9 +197,21 @@ fn build_tree(root: &Path) {
     // Devices, fifos, sockets.
     let dev = root.join("dev");
     fs::create_dir(&dev).unwrap();
-    mknod(&dev.join("null"), libc::S_IFCHR | 0o666, libc::makedev(1, 3));
-    mknod(&dev.join("big-chr"), libc::S_IFCHR | 0o600, libc::makedev(4095, 1_000_000));
-    mknod(&dev.join("loop9"), libc::S_IFBLK | 0o660, libc::makedev(7, 9));
+    mknod(
+        &dev.join("null"),
+        libc::S_IFCHR | 0o666,
+        libc::makedev(1, 3),
+    );
+    mknod(
+        &dev.join("big-chr"),
+        libc::S_IFCHR | 0o600,
+        libc::makedev(4095, 1_000_000),
+    );
+    mknod(
+        &dev.join("loop9"),
+        libc::S_IFBLK | 0o660,
+        libc::makedev(7, 9),
+    );
     mknod(&dev.join("fifo"), libc::S_IFIFO | 0o644, 0);
     mknod(&dev.join("socket"), libc::S_IFSOCK | 0o755, 0);
 
@@ -200,7 +223,11 @@ fn build_tree(root: &Path) {
     set_xattr(&files.join("several-mib"), "user.big", &bytes(3, 2000));
     set_xattr(&files.join("empty"), "trusted.private", b"secret");
     set_xattr(&files.join("empty"), "trusted.overlay.custom", b"escaped");
-    set_xattr(&files.join("empty"), "security.label", b"system_u:object_r:etc_t:s0");
+    set_xattr(
+        &files.join("empty"),
+        "security.label",
+        b"system_u:object_r:etc_t:s0",
+    );
     set_xattr(&files.join("empty"), "user.empty-value", b"");
     set_xattr(&sgid, "user.on-dir", b"dir value");
     set_xattr(&links.join("relative"), "trusted.on-symlink", b"link value");
@@ -210,7 +237,10 @@ fn build_tree(root: &Path) {
     fs::create_dir(&long).unwrap();
     write(&long.join("a".repeat(255)), b"long name");
     fs::create_dir(long.join("b".repeat(255))).unwrap();
-    write(&long.join("b".repeat(255)).join("c".repeat(255)), &bytes(5, 300));
+    write(
+        &long.join("b".repeat(255)).join("c".repeat(255)),
+        &bytes(5, 300),
+    );
 
     // A 10,000-entry directory (many dirent blocks: lookup must binary-search them).
     let big = root.join("big");
@@ -237,7 +267,11 @@ fn build_tree(root: &Path) {
     collect_paths(root, &mut all);
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for (i, p) in all.iter().enumerate() {
-        set_mtime(p, 1_600_000_000 + i as i64 * 17, (i as i64 * 7_919_111) % 1_000_000_000);
+        set_mtime(
+            p,
+            1_600_000_000 + i as i64 * 17,
+            (i as i64 * 7_919_111) % 1_000_000_000,
+        );
     }
     // Several entries sharing the root's mtime exercise compact inodes.
     for name in ["files/one", "files/empty"] {
@@ -288,8 +322,8 @@ fn snapshot(root: &Path) -> BTreeMap<String, Observed> {
         if !is_dir {
             by_ino.entry(m.ino()).or_default().push(rel.clone());
         }
-        let content = (kind == libc::S_IFREG)
-            .then(|| digest_file(HashAlg::Sha256, p).unwrap().to_hex());
+        let content =
+            (kind == libc::S_IFREG).then(|| digest_file(HashAlg::Sha256, p).unwrap().to_hex());
         let target = (kind == libc::S_IFLNK)
             .then(|| fs::read_link(p).unwrap().as_os_str().as_bytes().to_vec());
         out.insert(
@@ -375,7 +409,10 @@ fn kernel_mount_of_created_image_equals_source() {
             .arg(&src)
             .arg(&image2),
     );
-    assert!(fs::read(&image).unwrap() == fs::read(&image2).unwrap(), "create is not reproducible");
+    assert!(
+        fs::read(&image).unwrap() == fs::read(&image2).unwrap(),
+        "create is not reproducible"
+    );
     // Identical contents are stored once: dup-a and dup-b share one object.
     let dup = digest_file(HashAlg::Sha256, &src.join("files/dup-a")).unwrap();
     assert!(objects.join(dup.object_path()).is_file());
@@ -413,7 +450,10 @@ fn kernel_mount_of_created_image_equals_source() {
     let mut mismatches = Vec::new();
     for (path, w) in &want {
         if got.get(path) != Some(w) {
-            mismatches.push(format!("{path}:\n  source {w:?}\n  mount  {:?}", got.get(path)));
+            mismatches.push(format!(
+                "{path}:\n  source {w:?}\n  mount  {:?}",
+                got.get(path)
+            ));
         }
     }
     assert!(

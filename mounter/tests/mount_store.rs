@@ -11,7 +11,11 @@ use std::process::Command;
 use common::*;
 
 fn run(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).current_dir(dir).args(args).output().unwrap()
+    Command::new(BIN)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(out: &std::process::Output) -> String {
@@ -36,24 +40,42 @@ fn mount_by_tag_digest_and_source() {
     fs::write(rootfs.join("small"), b"small file").unwrap();
 
     // Relative paths on purpose: the daemon runs in `/`.
-    let digest = ok(&run(&work, &["import", "--store", "st", "dir:rootfs", "--tag", "t1"]));
+    let digest = ok(&run(
+        &work,
+        &["import", "--store", "st", "dir:rootfs", "--tag", "t1"],
+    ));
     assert!(digest.starts_with("sha256:"), "import printed {digest:?}");
 
-    for (i, spec) in ["t1", digest.as_str(), &digest["sha256:".len()..][..12], "dir:rootfs"]
-        .into_iter()
-        .enumerate()
+    for (i, spec) in [
+        "t1",
+        digest.as_str(),
+        &digest["sha256:".len()..][..12],
+        "dir:rootfs",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mnt = s.mkdir(&format!("mnt{i}"));
-        ok(&run(&work, &["mount", "--store", "st", spec, &format!("mnt{i}")]));
+        ok(&run(
+            &work,
+            &["mount", "--store", "st", spec, &format!("mnt{i}")],
+        ));
         let guard = Mounted { mnt: mnt.clone() };
         assert_eq!(fs::read(mnt.join("big")).unwrap(), big, "via {spec}");
-        assert_eq!(fs::read(mnt.join("small")).unwrap(), b"small file", "via {spec}");
+        assert_eq!(
+            fs::read(mnt.join("small")).unwrap(),
+            b"small file",
+            "via {spec}"
+        );
         guard.unmount();
     }
 
     // A name the store does not have is an error naming it, not a mount.
     let mnt = s.mkdir("mnt-missing");
-    let out = run(&work, &["mount", "--store", "st", "no-such-tag", "mnt-missing"]);
+    let out = run(
+        &work,
+        &["mount", "--store", "st", "no-such-tag", "mnt-missing"],
+    );
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no-such-tag"),

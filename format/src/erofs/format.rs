@@ -576,7 +576,10 @@ mod tests {
     #[test]
     fn xattr_names_split_on_longest_known_prefix() {
         assert_eq!(split_xattr_name(b"user.foo"), (1, &b"foo"[..]));
-        assert_eq!(split_xattr_name(b"trusted.overlay.x"), (4, &b"overlay.x"[..]));
+        assert_eq!(
+            split_xattr_name(b"trusted.overlay.x"),
+            (4, &b"overlay.x"[..])
+        );
         assert_eq!(split_xattr_name(b"security.selinux"), (6, &b"selinux"[..]));
         assert_eq!(split_xattr_name(b"system.posix_acl_access"), (2, &b""[..]));
         assert_eq!(

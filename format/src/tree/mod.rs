@@ -155,7 +155,7 @@ impl Drop for Directory {
     /// recurse once per level and overflow the stack on a hostile, very deep tree.
     fn drop(&mut self) {
         let mut stack: Vec<Box<Directory>> = Vec::new();
-        let mut take_subdirs = |dir: &mut Directory, stack: &mut Vec<Box<Directory>>| {
+        let take_subdirs = |dir: &mut Directory, stack: &mut Vec<Box<Directory>>| {
             for node in std::mem::take(&mut dir.entries).into_values() {
                 if let Node::Directory(sub) = node {
                     stack.push(sub);
@@ -374,7 +374,8 @@ mod tests {
         let id = file(&mut t, b"x");
         let mut dir = &mut t.root;
         for _ in 0..200_000 {
-            dir.entries.insert(b"d".to_vec(), Node::Directory(Box::default()));
+            dir.entries
+                .insert(b"d".to_vec(), Node::Directory(Box::default()));
             let Some(Node::Directory(next)) = dir.entries.get_mut(&b"d"[..]) else {
                 unreachable!()
             };
@@ -387,9 +388,18 @@ mod tests {
 
     #[test]
     fn bad_paths_are_refused() {
-        assert!(matches!(path_components(b"rel"), Err(TreeError::NotAbsolute(_))));
-        assert!(matches!(path_components(b"/a/../b"), Err(TreeError::BadComponent(_))));
-        assert!(matches!(path_components(b"/a//b"), Err(TreeError::BadComponent(_))));
+        assert!(matches!(
+            path_components(b"rel"),
+            Err(TreeError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            path_components(b"/a/../b"),
+            Err(TreeError::BadComponent(_))
+        ));
+        assert!(matches!(
+            path_components(b"/a//b"),
+            Err(TreeError::BadComponent(_))
+        ));
         assert_eq!(path_components(b"/").unwrap(), Vec::<&[u8]>::new());
         assert_eq!(path_components(b"/a/b/").unwrap(), vec![&b"a"[..], b"b"]);
     }

@@ -75,17 +75,19 @@ pub fn run(args: CatArgs) -> Result<()> {
             }
         }
         Some(redirect) => {
-            let objects = args
-                .objects
-                .as_deref()
-                .with_context(|| format!("{} is stored as an object: pass --objects DIR", args.path))?;
+            let objects = args.objects.as_deref().with_context(|| {
+                format!("{} is stored as an object: pass --objects DIR", args.path)
+            })?;
             let rel = String::from_utf8_lossy(redirect.strip_prefix(b"/").unwrap_or(redirect))
                 .into_owned();
             let object = objects.join(&rel);
             let digest = image.metacopy(&inode)?.flatten();
             match (digest, args.verity) {
                 (None, VerityMode::Require) => {
-                    bail!("{} has no fs-verity digest in the image and --verity=require", args.path)
+                    bail!(
+                        "{} has no fs-verity digest in the image and --verity=require",
+                        args.path
+                    )
                 }
                 (Some(d), VerityMode::Require | VerityMode::Auto) => {
                     copy_verified(&object, d, inode.size(), &mut out)?
@@ -118,7 +120,8 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
             tree.data_size()
         );
     }
-    let file = File::open(object).with_context(|| format!("opening object {}", object.display()))?;
+    let file =
+        File::open(object).with_context(|| format!("opening object {}", object.display()))?;
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
@@ -138,7 +141,8 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
 }
 
 fn copy_unverified(object: &Path, size: u64, out: &mut impl Write) -> Result<()> {
-    let file = File::open(object).with_context(|| format!("opening object {}", object.display()))?;
+    let file =
+        File::open(object).with_context(|| format!("opening object {}", object.display()))?;
     let copied = io::copy(&mut file.take(size), out)?;
     if copied != size {
         bail!(

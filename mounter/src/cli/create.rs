@@ -66,8 +66,7 @@ pub fn run(args: CreateArgs) -> Result<()> {
     let tree = if args.from_file {
         if args.digest_store.is_some() {
             return Err(UsageError(
-                "--digest-store needs a directory SOURCE: a dumpfile names no file contents"
-                    .into(),
+                "--digest-store needs a directory SOURCE: a dumpfile names no file contents".into(),
             )
             .into());
         }
@@ -143,7 +142,11 @@ fn write_output(path: &Path, image: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{} names no file", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| -> io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(image)?;

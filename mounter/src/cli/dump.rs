@@ -24,8 +24,8 @@ pub struct DumpArgs {
 pub fn run(args: DumpArgs) -> Result<()> {
     let image =
         Image::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
-    let tree = tree_from_image(&image)
-        .with_context(|| format!("reading {}", args.image.display()))?;
+    let tree =
+        tree_from_image(&image).with_context(|| format!("reading {}", args.image.display()))?;
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     write_dumpfile(&tree, &mut out)?;
     out.flush()?;

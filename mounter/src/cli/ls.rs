@@ -179,12 +179,13 @@ fn mode_string(kind: &str, mode: u32) -> String {
     let mut s = String::with_capacity(10);
     s.push(t);
     let bit = |m: u32, c: char| if mode & m != 0 { c } else { '-' };
-    let exec = |x: u32, special: u32, set: char, unset: char| match (mode & x != 0, mode & special != 0) {
-        (true, true) => set,
-        (false, true) => unset,
-        (true, false) => 'x',
-        (false, false) => '-',
-    };
+    let exec =
+        |x: u32, special: u32, set: char, unset: char| match (mode & x != 0, mode & special != 0) {
+            (true, true) => set,
+            (false, true) => unset,
+            (true, false) => 'x',
+            (false, false) => '-',
+        };
     s.push(bit(0o400, 'r'));
     s.push(bit(0o200, 'w'));
     s.push(exec(0o100, 0o4000, 's', 'S'));
