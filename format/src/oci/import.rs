@@ -106,41 +106,31 @@ pub fn import(
     let mut files = 0;
     let mut bytes = 0;
     let (tree, layers) = match source {
-        Source::OciDir { path, tag } => {
-            if !path.join("oci-layout").is_file() {
-                return Err(OciError::Layout {
-                    what: path.display().to_string(),
-                    reason: "not an OCI image layout: it has no oci-layout file".into(),
-                });
-            }
-            let blobs = Blobs::Dir(path.clone());
-            let spec = find_oci_image(&blobs, tag.as_deref())?;
-            apply_layers(
-                &blobs,
-                &spec,
-                opts,
-                &mut staging,
-                progress,
-                &mut files,
-                &mut bytes,
-            )?
-        }
-        Source::OciArchive { path, tag } => {
-            let blobs = Blobs::open_tar(path)?;
-            let spec = find_oci_image(&blobs, tag.as_deref())?;
-            apply_layers(
-                &blobs,
-                &spec,
-                opts,
-                &mut staging,
-                progress,
-                &mut files,
-                &mut bytes,
-            )?
-        }
-        Source::DockerArchive { path, reference } => {
-            let blobs = Blobs::open_tar(path)?;
-            let spec = find_docker_image(&blobs, reference.as_deref())?;
+        Source::OciDir { .. } | Source::OciArchive { .. } | Source::DockerArchive { .. } => {
+            let (blobs, spec) = match source {
+                Source::OciDir { path, tag } => {
+                    if !path.join("oci-layout").is_file() {
+                        return Err(OciError::Layout {
+                            what: path.display().to_string(),
+                            reason: "not an OCI image layout: it has no oci-layout file".into(),
+                        });
+                    }
+                    let blobs = Blobs::Dir(path.clone());
+                    let spec = find_oci_image(&blobs, tag.as_deref())?;
+                    (blobs, spec)
+                }
+                Source::OciArchive { path, tag } => {
+                    let blobs = Blobs::open_tar(path)?;
+                    let spec = find_oci_image(&blobs, tag.as_deref())?;
+                    (blobs, spec)
+                }
+                Source::DockerArchive { path, reference } => {
+                    let blobs = Blobs::open_tar(path)?;
+                    let spec = find_docker_image(&blobs, reference.as_deref())?;
+                    (blobs, spec)
+                }
+                Source::Tar { .. } | Source::Dir { .. } => unreachable!("matched above"),
+            };
             apply_layers(
                 &blobs,
                 &spec,
