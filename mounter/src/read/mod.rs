@@ -5,8 +5,11 @@
 //! and decides how its reads are checked ([`kernel::decide`]): by the kernel's fs-verity, by a
 //! Merkle tree checked in user space ([`sidecar`]), or not at all. [`Objects::read`] then
 //! serves byte ranges; with a tree, every block is hashed and compared before any byte of it
-//! is returned, and data that passed goes into a [`cache::BlockCache`] so it is hashed
-//! once. A block that fails is an error for the reads that need it, logged with the object
+//! is returned. A request for whole 64 KiB segments (the kernel's readahead) is read and
+//! verified in the reply buffer itself; the kernel's page cache keeps those pages. Partial
+//! segments (small or unaligned requests) are read and verified whole, and go into a
+//! [`cache::BlockCache`], so the rest of the segment is not hashed again when it is asked
+//! for next. A block that fails is an error for the reads that need it, logged with the object
 //! and offset; the object stays open and its other blocks keep being served.
 
 pub mod cache;
@@ -17,6 +20,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::num::NonZeroUsize;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -259,14 +263,13 @@ impl Objects {
         match &obj.check {
             Check::Kernel | Check::None => {
                 let at = out.len();
-                out.resize(at + (end - offset) as usize, 0);
-                let n = read_full_at(&obj.file, &mut out[at..], offset).map_err(|source| {
-                    ReadError::Io {
+                let n = read_appending(&obj.file, out, (end - offset) as usize, offset).map_err(
+                    |source| ReadError::Io {
                         name: obj.name.clone(),
                         offset,
                         source,
-                    }
-                })?;
+                    },
+                )?;
                 out.truncate(at + n);
                 Ok(())
             }
@@ -296,7 +299,16 @@ impl Objects {
                 out.extend_from_slice(&d[a..b]);
                 continue;
             }
-            let (data, bad) = self.read_segment(obj, tree, start, stop)?;
+            if a == 0 && b as u64 == stop - start {
+                // The request wants the whole segment: read it straight into the reply and
+                // verify it there. It is not cached: the kernel keeps it in the page cache
+                // (FOPEN_KEEP_CACHE), so a sequential read never asks for it again, and
+                // copying every segment of a large read into the cache (evicting others)
+                // costs more than hashing the rare segment asked for twice.
+                self.read_segment_into(obj, tree, start, stop, out)?;
+                continue;
+            }
+            let (data, bad) = self.read_segment(obj, tree, s, start, stop)?;
             if bad == 0 {
                 out.extend_from_slice(&data[a..b]);
                 self.blocks.insert((obj.id, s), Arc::new(data));
@@ -317,28 +329,67 @@ impl Objects {
                 });
             }
             out.extend_from_slice(&data[a..b]);
+            self.blocks.recycle(&(obj.id, s), data);
         }
         Ok(())
     }
 
-    /// Reads `start..stop` (one segment) and verifies each of its blocks; returns the data
-    /// and a mask of the blocks that failed (each logged with object and offset).
-    fn read_segment(
+    /// Appends `start..stop` (one whole segment) to `out`, read and verified there; on a
+    /// failed block (logged with object and offset) `out` is left as it was.
+    fn read_segment_into(
         &self,
         obj: &Object,
         tree: &MerkleTree,
         start: u64,
         stop: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ReadError> {
+        let bs = BLOCK_SIZE as u64;
+        let at = out.len();
+        read_appending(&obj.file, out, (stop - start) as usize, start).map_err(|source| {
+            ReadError::Io {
+                name: obj.name.clone(),
+                offset: start,
+                source,
+            }
+        })?;
+        for (i, data) in out[at..].chunks(BLOCK_SIZE).enumerate() {
+            let block = start / bs + i as u64;
+            if let Err(source) = tree.verify_data_block(block, data) {
+                let err = ReadError::Verify {
+                    name: obj.name.clone(),
+                    offset: block * bs,
+                    source,
+                };
+                log::error!("{err}");
+                out.truncate(at);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `start..stop` (segment `seg`) and verifies each of its blocks; returns the data
+    /// and a mask of the blocks that failed (each logged with object and offset).
+    fn read_segment(
+        &self,
+        obj: &Object,
+        tree: &MerkleTree,
+        seg: u64,
+        start: u64,
+        stop: u64,
     ) -> Result<(Vec<u8>, u16), ReadError> {
         let bs = BLOCK_SIZE as u64;
-        let mut buf = vec![0u8; (stop - start) as usize];
-        // A short object is caught by verification: the missing tail stays zero, which
-        // hashes right only if zeros are the right bytes.
-        read_full_at(&obj.file, &mut buf, start).map_err(|source| ReadError::Io {
+        // A recycled buffer: every byte of it is overwritten below.
+        let mut buf = self.blocks.buffer(&(obj.id, seg), (stop - start) as usize);
+        let n = read_full_at(&obj.file, &mut buf, start).map_err(|source| ReadError::Io {
             name: obj.name.clone(),
             offset: start,
             source,
         })?;
+        // A short object is caught by verification: the missing tail is zero, which
+        // hashes right only if zeros are the right bytes.
+        buf[n..].fill(0);
         let mut bad = 0u16;
         for (i, data) in buf.chunks(BLOCK_SIZE).enumerate() {
             let block = start / bs + i as u64;
@@ -356,6 +407,45 @@ impl Objects {
         }
         Ok((buf, bad))
     }
+}
+
+/// Appends `len` bytes read at `offset` to `out`, without zeroing the space first: `pread`
+/// until they are all read or the file ends, and zeros for whatever the file did not have.
+/// Returns how many bytes came from the file. On an error `out` is left as it was.
+fn read_appending(file: &File, out: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<usize> {
+    out.reserve(len);
+    let spare = &mut out.spare_capacity_mut()[..len];
+    let mut done = 0;
+    while done < len {
+        let rest = &mut spare[done..];
+        // SAFETY: `rest` is writable memory of `rest.len()` bytes owned by `out`; pread
+        // writes at most that many bytes into it.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                rest.as_mut_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    for b in &mut spare[done..] {
+        b.write(0);
+    }
+    // SAFETY: the `len` bytes after the old length were all written: `done` by pread, the
+    // rest with zeros.
+    unsafe { out.set_len(out.len() + len) };
+    Ok(done)
 }
 
 /// `pread` until `buf` is full or the file ends; returns the bytes read.
@@ -467,6 +557,51 @@ mod tests {
         let got = read_with(&fresh, &obj, 6 * 4096, 50_000).unwrap();
         assert_eq!(got, &f.data[6 * 4096..6 * 4096 + 50_000]);
         assert!(read_with(&fresh, &obj, 5 * 4096 + 4095, 1).is_err());
+    }
+
+    #[test]
+    fn whole_segment_reads_are_verified() {
+        let f = fixture(VerityMode::Require, 300_000);
+        drop(
+            f.objects
+                .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+                .unwrap(),
+        );
+        let seg = SEGMENT as u64;
+        let mut bad = f.data.clone();
+        bad[(seg + 3 * 4096 + 100) as usize] ^= 0x01;
+        // The object is also cut short: its last segment is missing its final bytes.
+        bad.truncate(f.data.len() - 10);
+        fs::write(&f.path, &bad).unwrap();
+        let fresh = Objects::new(f.objects.cfg.clone());
+        let obj = fresh
+            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+            .unwrap();
+        // Whole segments, as readahead asks for them.
+        assert_eq!(
+            read_with(&fresh, &obj, 0, SEGMENT as u32).unwrap(),
+            &f.data[..SEGMENT]
+        );
+        let err = read_with(&fresh, &obj, seg, SEGMENT as u32).unwrap_err();
+        assert!(matches!(err, ReadError::Verify { offset, .. } if offset == seg + 3 * 4096));
+        assert!(read_with(&fresh, &obj, 0, 1 << 20).is_err());
+        assert_eq!(
+            read_with(&fresh, &obj, 2 * seg, SEGMENT as u32).unwrap(),
+            &f.data[2 * SEGMENT..3 * SEGMENT]
+        );
+        // The last (short) segment, whole: the missing tail does not verify.
+        let err = read_with(&fresh, &obj, 4 * seg, SEGMENT as u32).unwrap_err();
+        let tail_block = (f.data.len() as u64 - 1) / 4096 * 4096;
+        assert!(matches!(err, ReadError::Verify { offset, .. } if offset == tail_block));
+        // Good blocks next to the bad ones are still served, by smaller reads.
+        assert_eq!(
+            read_with(&fresh, &obj, seg, 3 * 4096).unwrap(),
+            &f.data[SEGMENT..SEGMENT + 3 * 4096]
+        );
+        assert_eq!(
+            read_with(&fresh, &obj, 4 * seg, 4096).unwrap(),
+            &f.data[4 * SEGMENT..4 * SEGMENT + 4096]
+        );
     }
 
     #[test]
