@@ -10,8 +10,10 @@ bin=$PWD/target/release/imgmount
 work=$(mktemp -d /tmp/imgmount-demo.XXXXXX)
 echo "demo directory: $work"
 
-# Git does not keep mtimes: pin them so the image digest is reproducible.
+# Git keeps neither mtimes nor (beyond the x bit) modes: pin both so the image
+# digest is the same on every checkout, whatever the umask.
 cp -a testdata/demo-tree "$work/tree"
+chmod -R go-w "$work/tree"
 find "$work/tree" -exec touch -h -d '2026-01-01 00:00:00' {} +
 
 echo "== imgmount create (objects go to $work/objects)"
