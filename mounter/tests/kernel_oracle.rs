@@ -16,6 +16,9 @@ use std::process::Command;
 
 use imgmount_format::verity::{HashAlg, digest_file};
 
+mod common;
+use common::{data, xattrs};
+
 /// Returns false (after printing why) when the test cannot run here; panics
 /// instead under CI, where every test must run.
 fn can_run(what: &str) -> bool {
@@ -91,53 +94,11 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
     assert_eq!(rc, 0, "lsetxattr {name} on {}", path.display());
 }
 
-fn list_xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut names = vec![0u8; 65536];
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    assert!(n >= 0, "llistxattr {}", path.display());
-    let mut out = BTreeMap::new();
-    for name in names[..n as usize]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-    {
-        let cname = CString::new(name).unwrap();
-        let mut value = vec![0u8; 65536];
-        // SAFETY: valid C strings and a buffer valid for its length.
-        let len = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        assert!(len >= 0, "lgetxattr {:?} on {}", cname, path.display());
-        value.truncate(len as usize);
-        out.insert(String::from_utf8_lossy(name).into_owned(), value);
-    }
-    out
-}
-
 fn mknod(path: &Path, mode: u32, dev: libc::dev_t) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: valid C string.
     let rc = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
     assert_eq!(rc, 0, "mknod {}", path.display());
-}
-
-/// Pseudo-random bytes from a seed: reproducible content without a dependency.
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn write(path: &Path, data: &[u8]) {
@@ -160,11 +121,11 @@ fn build_tree(root: &Path) {
         ("block-plus-one", 4097),
         ("several-mib", 5 * 1024 * 1024 + 123),
     ] {
-        write(&files.join(name), &bytes(len as u64 + 7, len));
+        write(&files.join(name), &data(len as u64 + 7, len));
     }
     // Same content twice: one object in the store, two inodes in the image.
-    write(&files.join("dup-a"), &bytes(99, 10_000));
-    write(&files.join("dup-b"), &bytes(99, 10_000));
+    write(&files.join("dup-a"), &data(99, 10_000));
+    write(&files.join("dup-b"), &data(99, 10_000));
 
     // Modes, owners (wide ids force extended inodes), setuid/setgid/sticky.
     let suid = files.join("suid");
@@ -220,7 +181,7 @@ fn build_tree(root: &Path) {
     set_xattr(&files.join("one"), "user.comment", b"hello");
     set_xattr(&files.join("block"), "user.comment", b"hello");
     set_xattr(&files.join("sixty-four"), "user.comment", b"hello");
-    set_xattr(&files.join("several-mib"), "user.big", &bytes(3, 2000));
+    set_xattr(&files.join("several-mib"), "user.big", &data(3, 2000));
     set_xattr(&files.join("empty"), "trusted.private", b"secret");
     set_xattr(&files.join("empty"), "trusted.overlay.custom", b"escaped");
     set_xattr(
@@ -239,7 +200,7 @@ fn build_tree(root: &Path) {
     fs::create_dir(long.join("b".repeat(255))).unwrap();
     write(
         &long.join("b".repeat(255)).join("c".repeat(255)),
-        &bytes(5, 300),
+        &data(5, 300),
     );
 
     // A 10,000-entry directory (many dirent blocks: lookup must binary-search them).
@@ -248,7 +209,7 @@ fn build_tree(root: &Path) {
     for i in 0..10_000u32 {
         let p = big.join(format!("entry-{i:05}"));
         if i % 1000 == 0 {
-            write(&p, &bytes(u64::from(i), 100 + i as usize));
+            write(&p, &data(u64::from(i), 100 + i as usize));
         } else {
             write(&p, &i.to_le_bytes());
         }
@@ -304,7 +265,7 @@ struct Observed {
     rdev: u64,
     content: Option<String>,
     target: Option<Vec<u8>>,
-    xattrs: BTreeMap<String, Vec<u8>>,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// All paths naming the same inode, when more than one does.
     link_group: Vec<String>,
 }
@@ -339,7 +300,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, Observed> {
                 rdev: m.rdev(),
                 content,
                 target,
-                xattrs: list_xattrs(p),
+                xattrs: xattrs(p),
                 link_group: Vec::new(),
             },
         );
