@@ -109,7 +109,13 @@ pub fn run(args: CreateArgs) -> Result<()> {
         .context("building the image")?;
     write_output(&args.image, &image)?;
     if args.print_digest {
-        println!("{}", digest_bytes(args.hash, &image).to_hex());
+        let digest = digest_bytes(args.hash, &image).to_hex();
+        // With the image on stdout, the digest must not be mixed into it.
+        if args.image == Path::new("-") {
+            eprintln!("{digest}");
+        } else {
+            println!("{digest}");
+        }
     }
     Ok(())
 }
