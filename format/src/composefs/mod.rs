@@ -2,6 +2,10 @@
 //! that point a file at its object, whiteouts, and the escaping that keeps a
 //! tree's own `trusted.overlay.*` xattrs from being read as overlay metadata.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
 use crate::verity::{Digest, HashAlg};
 
 mod read;
@@ -46,6 +50,19 @@ pub fn unescaped_xattr_name(stored: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     Some(stored.to_vec())
+}
+
+/// The object a redirect names, as a path relative to the objects directory;
+/// `None` when it could leave that directory (`..`, `.`, empty components, NUL):
+/// the image is not trusted to name paths.
+pub fn redirect_object_path(redirect: &[u8]) -> Option<&Path> {
+    let rel = redirect.strip_prefix(b"/").unwrap_or(redirect);
+    let safe = !rel.is_empty()
+        && !rel.contains(&0)
+        && rel
+            .split(|&b| b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..");
+    safe.then(|| Path::new(OsStr::from_bytes(rel)))
 }
 
 /// The metacopy xattr value for a digest: `[0, 4 + len, 0, alg] ++ digest`.
@@ -97,4 +114,29 @@ pub fn parse_metacopy(value: &[u8]) -> Result<Option<Digest>, MetacopyError> {
     Digest::new(alg, digest)
         .map(Some)
         .ok_or(MetacopyError::BadLength(value.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_cannot_leave_the_object_directory() {
+        assert_eq!(
+            redirect_object_path(b"/ab/cdef"),
+            Some(Path::new("ab/cdef"))
+        );
+        assert_eq!(redirect_object_path(b"ab/cdef"), Some(Path::new("ab/cdef")));
+        for bad in [
+            &b""[..],
+            b"/",
+            b"/../etc/passwd",
+            b"/ab/../../x",
+            b"/ab//cd",
+            b"/./ab",
+            b"/ab/c\0d",
+        ] {
+            assert_eq!(redirect_object_path(bad), None, "{bad:?}");
+        }
+    }
 }

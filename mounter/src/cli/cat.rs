@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::erofs::format::FileType;
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{Digest, merkle_tree_file};
@@ -78,9 +79,14 @@ pub fn run(args: CatArgs) -> Result<()> {
             let objects = args.objects.as_deref().with_context(|| {
                 format!("{} is stored as an object: pass --objects DIR", args.path)
             })?;
-            let rel = String::from_utf8_lossy(redirect.strip_prefix(b"/").unwrap_or(redirect))
-                .into_owned();
-            let object = objects.join(&rel);
+            let rel = redirect_object_path(redirect).with_context(|| {
+                format!(
+                    "{}: redirect {:?} would leave the object directory",
+                    args.path,
+                    String::from_utf8_lossy(redirect)
+                )
+            })?;
+            let object = objects.join(rel);
             let digest = image.metacopy(&inode)?.flatten();
             match (digest, args.verity) {
                 (None, VerityMode::Require) => {

@@ -21,12 +21,12 @@ use std::fs::File;
 use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::verity::{BLOCK_SIZE, Digest, MerkleTree};
 use lru::LruCache;
 
@@ -163,21 +163,10 @@ impl Objects {
     /// The object file a redirect names, refusing anything that could leave the store
     /// (`..`, empty components); the image is not trusted to name paths.
     pub fn object_path(&self, redirect: &[u8]) -> Result<PathBuf, ReadError> {
-        let rel = redirect.strip_prefix(b"/").unwrap_or(redirect);
-        let ok = !rel.is_empty()
-            && !rel.contains(&0)
-            && rel
-                .split(|&b| b == b'/')
-                .all(|c| !c.is_empty() && c != b"." && c != b"..");
-        if !ok {
-            return Err(ReadError::BadRedirect(
-                String::from_utf8_lossy(redirect).into_owned(),
-            ));
-        }
-        Ok(self
-            .cfg
-            .objects_dir
-            .join(Path::new(std::ffi::OsStr::from_bytes(rel))))
+        let rel = redirect_object_path(redirect).ok_or_else(|| {
+            ReadError::BadRedirect(String::from_utf8_lossy(redirect).into_owned())
+        })?;
+        Ok(self.cfg.objects_dir.join(rel))
     }
 
     /// Opens the object for an external file of `size` bytes.
