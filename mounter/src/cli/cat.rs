@@ -6,22 +6,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::erofs::format::FileType;
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{Digest, merkle_tree_file};
 
-/// How strictly file contents are checked against the image's digests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum VerityMode {
-    /// Refuse files whose image entry carries no digest.
-    Require,
-    /// Verify every file that has a digest (the default).
-    Auto,
-    /// Trust the object store; verify nothing.
-    Off,
-}
+use crate::read::VerityMode;
 
 /// Print a regular file from an image to standard output.
 ///
