@@ -224,7 +224,7 @@ fn leaf_of(image: &Image, inode: &Inode<'_>, path: &[u8]) -> Result<Leaf, ReadTr
             if target.is_empty() {
                 return Err(invalid(path, "symlink with an empty target"));
             }
-            LeafContent::Symlink(target.to_vec())
+            LeafContent::Symlink(target.into_owned())
         }
         FileType::CharDevice => LeafContent::CharDevice(inode.rdev()),
         FileType::BlockDevice => LeafContent::BlockDevice(inode.rdev()),
@@ -249,7 +249,7 @@ fn regular(image: &Image, inode: &Inode<'_>, path: &[u8]) -> Result<RegularFile,
                 return Err(invalid(path, "inline content larger than 5000 bytes"));
             }
             let data = image.read_link(inode).map_err(at(path))?;
-            Ok(RegularFile::Inline(data.to_vec()))
+            Ok(RegularFile::Inline(data.into_owned()))
         }
         DataLayout::ChunkBased => {
             let payload = image

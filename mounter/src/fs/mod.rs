@@ -304,7 +304,7 @@ impl Filesystem for ImgFs {
             return reply.error(Errno::EINVAL);
         }
         match self.image.read_link(&inode) {
-            Ok(target) => reply.data(target),
+            Ok(target) => reply.data(&target),
             Err(e) => reply.error(image_err("readlink", e)),
         }
     }

@@ -435,7 +435,7 @@ fn xattrs_shared_inline_and_bloom_filter() {
     assert_eq!(img.get_xattr(&ino, b"user.b").unwrap(), None);
     assert_eq!(img.metacopy(&ino).unwrap(), Some(None));
     assert_eq!(img.redirect(&ino).unwrap(), None);
-    assert_eq!(img.read_link(&ino).unwrap(), b"target");
+    assert_eq!(&*img.read_link(&ino).unwrap(), b"target");
 
     // The filter is consulted: mark "user.a" absent and the lookup says so, unless the
     // superblock's reserved byte disables filters.
