@@ -8,10 +8,120 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use imgmount_format::composefs::tree_from_image;
+use imgmount_format::dumpfile::{parse_dumpfile, write_dumpfile_to_string};
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::erofs::writer::ImageWriter;
-use imgmount_format::tree::{Directory, Leaf, LeafContent, Node, RegularFile, Stat, Tree};
+use imgmount_format::tree::{
+    Directory, Leaf, LeafContent, Node, RegularFile, Stat, Tree, tree_from_dir,
+};
+
+fn testdata(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/composefs-c")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// What `imgmount create --from-file` writes.
+fn image_from_dumpfile(text: &[u8]) -> Vec<u8> {
+    let tree = parse_dumpfile(text).unwrap();
+    ImageWriter::new(&tree)
+        .derive_payload(false)
+        .write()
+        .unwrap()
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or((a.len() != b.len()).then(|| a.len().min(b.len())))
+}
+
+#[track_caller]
+fn assert_same_bytes(ours: &[u8], c: &[u8], what: &str) {
+    if let Some(at) = first_difference(ours, c) {
+        panic!(
+            "{what}: differs from C at byte {at} (ours {} bytes, C {} bytes)",
+            ours.len(),
+            c.len()
+        );
+    }
+}
+
+/// The nid of the inode `path` names, and the inode's stored link count.
+fn nid_and_nlink(image: &Image, path: &[u8]) -> (u64, u32) {
+    let inode = image.lookup_path(path).unwrap().unwrap();
+    (inode.nid, inode.nlink())
+}
+
+#[test]
+fn c_reference_dumpfile_makes_c_reference_image() {
+    let ours = image_from_dumpfile(&testdata("links.dump"));
+    assert_same_bytes(&ours, &testdata("links.cfs"), "links.dump");
+}
+
+#[test]
+fn hard_link_inode_sits_at_the_breadth_first_slot_of_its_own_line() {
+    // `/a` comes first depth first, but its line is the `@` one: the inode is `/d/t`'s,
+    // numbered after every child of the root (breadth first), not among them.
+    let text = b"/ 4096 40755 3 0 0 0 0.0 - - -
+/a 0 @100644 0 0 0 0 0.0 /d/t - -
+/b 1 100644 1 0 0 0 0.0 - b -
+/d 4096 40755 2 0 0 0 0.0 - - -
+/d/t 1 100644 2 0 0 0 0.0 - t -
+";
+    let image = Image::from_bytes(image_from_dumpfile(text)).unwrap();
+    let (a, _) = nid_and_nlink(&image, b"/a");
+    let (t, _) = nid_and_nlink(&image, b"/d/t");
+    let (b, _) = nid_and_nlink(&image, b"/b");
+    let (d, _) = nid_and_nlink(&image, b"/d");
+    assert_eq!(a, t, "one inode");
+    assert!(
+        b < d && d < t,
+        "/b {b}, /d {d}, /d/t {t}: /d/t must follow /d"
+    );
+}
+
+#[test]
+fn nlink_of_a_dumpfile_is_stored_as_given_but_directories_are_counted() {
+    let text = b"/ 4096 40755 9 0 0 0 0.0 - - -
+/d 4096 40755 9 0 0 0 0.0 - - -
+/f 1 100644 7 0 0 0 0.0 - f -
+/g 1 @100644 1 0 0 0 0.0 /l - -
+/l 1 100644 1 0 0 0 0.0 - l -
+/z 0 100644 0 0 0 0 0.0 - - -
+";
+    let image = Image::from_bytes(image_from_dumpfile(text)).unwrap();
+    assert_eq!(nid_and_nlink(&image, b"/f").1, 7);
+    assert_eq!(nid_and_nlink(&image, b"/l").1, 1, "two names, NLINK 1");
+    assert_eq!(nid_and_nlink(&image, b"/z").1, 0);
+    assert_eq!(nid_and_nlink(&image, b"/").1, 3);
+    assert_eq!(nid_and_nlink(&image, b"/d").1, 2);
+}
+
+#[test]
+fn a_directory_source_keeps_the_true_link_count() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("one"), b"x").unwrap();
+    std::fs::hard_link(dir.path().join("one"), dir.path().join("two")).unwrap();
+    std::fs::hard_link(dir.path().join("one"), dir.path().join("three")).unwrap();
+    let tree = tree_from_dir(dir.path(), &Default::default()).unwrap();
+    let image = Image::from_bytes(ImageWriter::new(&tree).write().unwrap()).unwrap();
+    assert_eq!(nid_and_nlink(&image, b"/two").1, 3);
+    // The tree's own dumpfile says so too.
+    let dump = write_dumpfile_to_string(&tree);
+    assert!(dump.contains("\n/one 1 100"), "{dump}");
+    assert!(
+        dump.lines()
+            .filter(|l| l.starts_with("/t"))
+            .all(|l| l.split(' ').nth(3) == Some("3")),
+        "{dump}"
+    );
+}
 
 fn big_inline_tree(data: &[u8]) -> Tree {
     let mut tree = Tree::new(Stat {

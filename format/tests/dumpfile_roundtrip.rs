@@ -276,15 +276,17 @@ fn c_leniencies_are_accepted() {
     assert_eq!(leaf_at(&tree, b"/b").0, c);
     assert_eq!(tree.link_counts()[c.0], 3);
     let printed = write_dumpfile_to_string(&tree);
-    // Printed canonically: /a is now the first name, the others link to it.
+    // Printed canonically, keeping what the image depends on: /c is the inode's own
+    // name (C numbers the inode there) and NLINK is 1 as given, not the 3 names.
     assert_eq!(
         printed,
         "/ 4096 40755 2 0 0 0 0.0 - - -\n\
-         /a 3 100644 3 0 0 0 0.0 - abc -\n\
-         /b 3 @100644 3 0 0 0 0.0 /a abc -\n\
-         /c 3 @100644 3 0 0 0 0.0 /a abc -\n\
+         /a 3 @100644 1 0 0 0 0.0 /c abc -\n\
+         /b 3 @100644 1 0 0 0 0.0 /c abc -\n\
+         /c 3 100644 1 0 0 0 0.0 - abc -\n\
          /l 6 120777 1 0 0 0 0.0 target - -\n"
     );
+    assert_eq!(parse_dumpfile(printed.as_bytes()).unwrap(), tree);
     // composefs-rs's hard-link lines (`@120000 - - - - 0.0 target - -`) only carry a target.
     let rs = "/ 0 40755 2 0 0 0 0.0 - - -\n/f 1 100644 2 0 0 0 0.0 - x -\n/g 0 @120000 - - - - 0.0 /f - -\n";
     let tree = parse_dumpfile(rs.as_bytes()).unwrap();
@@ -300,31 +302,47 @@ fn c_leniencies_are_accepted() {
 
 // ---- random trees ---------------------------------------------------------------------
 
-/// Renumbers leaves in dumpfile order (depth first, sorted names) and drops unreferenced
-/// ones: the numbering the parser, tree_from_dir and tree_from_image produce.
+/// Renumbers leaves in dumpfile order (depth first, sorted names, each leaf at its own
+/// name) and drops unreferenced ones: the numbering the parser, tree_from_dir and
+/// tree_from_image produce.
 fn canonical(tree: &Tree) -> Tree {
-    fn walk(
-        dir: &Directory,
-        old: &Tree,
-        new: &mut Tree,
-        map: &mut HashMap<LeafId, LeafId>,
-    ) -> Directory {
+    fn names(dir: &Directory, path: &[u8], out: &mut Vec<(Vec<u8>, LeafId)>) {
+        for (name, node) in &dir.entries {
+            let p = [path, b"/", name].concat();
+            match node {
+                Node::Directory(d) => names(d, &p, out),
+                Node::Leaf(id) => out.push((p, *id)),
+            }
+        }
+    }
+    fn rebuild(dir: &Directory, map: &HashMap<LeafId, LeafId>) -> Directory {
         let mut out = Directory::new(dir.stat.clone());
         for (name, node) in &dir.entries {
             let node = match node {
-                Node::Directory(d) => Node::Directory(Box::new(walk(d, old, new, map))),
-                Node::Leaf(id) => Node::Leaf(
-                    *map.entry(*id)
-                        .or_insert_with(|| new.push_leaf(old.leaf(*id).clone())),
-                ),
+                Node::Directory(d) => Node::Directory(Box::new(rebuild(d, map))),
+                Node::Leaf(id) => Node::Leaf(map[id]),
             };
             out.entries.insert(name.clone(), node);
         }
         out
     }
+    let own = tree.primary_paths();
+    let mut all = Vec::new();
+    names(&tree.root, b"", &mut all);
     let mut new = Tree::new(tree.root.stat.clone());
-    let root = walk(&tree.root, tree, &mut new, &mut HashMap::new());
-    new.root = root;
+    let mut map = HashMap::new();
+    for (path, id) in &all {
+        if own.get(id).is_none_or(|p| p == path) {
+            map.insert(*id, new.push_leaf(tree.leaf(*id).clone()));
+        }
+    }
+    new.root = rebuild(&tree.root, &map);
+    new.primary_names = tree
+        .primary_names
+        .iter()
+        .filter_map(|(id, path)| Some((*map.get(id)?, path.clone())))
+        .collect();
+    new.normalize_link_info();
     new
 }
 
@@ -363,6 +381,7 @@ fn arb_stat() -> impl Strategy<Value = Stat> {
             gid,
             mtime: Mtime { sec, nsec },
             xattrs,
+            nlink: None,
         })
 }
 
@@ -417,8 +436,9 @@ enum Kind {
     File(Box<Leaf>),
 }
 
-/// A random tree: directories up to three levels deep, leaves of every kind, and names
-/// that link to an earlier leaf (hard links).
+/// A random tree: directories up to three levels deep, leaves of every kind, names that
+/// link to an earlier leaf (hard links), some of them the inode's own name though not
+/// its first, and link counts other than the number of names.
 fn arb_tree() -> impl Strategy<Value = Tree> {
     let entry = (
         proptest::collection::vec(0usize..4, 0..3),
@@ -429,32 +449,52 @@ fn arb_tree() -> impl Strategy<Value = Tree> {
         ],
         any::<Option<usize>>(),
     );
-    (arb_stat(), proptest::collection::vec(entry, 0..25)).prop_map(|(root, entries)| {
-        let mut tree = Tree::new(root);
-        let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
-        for (choice, name, what, link) in entries {
-            let parent = dirs[choice.first().copied().unwrap_or(0) % dirs.len()].clone();
-            let path = [parent.as_slice(), b"/", name.as_slice()].concat();
-            let node = match (what, link) {
-                (Kind::Dir(stat), _) => Node::Directory(Box::new(Directory::new(stat))),
-                (Kind::File(_), Some(i))
-                    if !tree.leaves.is_empty()
-                        && !tree
-                            .leaf(LeafId(i % tree.leaves.len()))
-                            .content
-                            .is_whiteout() =>
-                {
-                    Node::Leaf(LeafId(i % tree.leaves.len()))
+    (
+        arb_stat(),
+        proptest::collection::vec(entry, 0..25),
+        proptest::collection::vec((any::<usize>(), 0u32..4), 0..4),
+        proptest::collection::vec(any::<usize>(), 0..3),
+    )
+        .prop_map(|(root, entries, nlinks, own_names)| {
+            let mut tree = Tree::new(root);
+            let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
+            for (choice, name, what, link) in entries {
+                let parent = dirs[choice.first().copied().unwrap_or(0) % dirs.len()].clone();
+                let path = [parent.as_slice(), b"/", name.as_slice()].concat();
+                let node = match (what, link) {
+                    (Kind::Dir(stat), _) => Node::Directory(Box::new(Directory::new(stat))),
+                    (Kind::File(_), Some(i))
+                        if !tree.leaves.is_empty()
+                            && !tree
+                                .leaf(LeafId(i % tree.leaves.len()))
+                                .content
+                                .is_whiteout() =>
+                    {
+                        Node::Leaf(LeafId(i % tree.leaves.len()))
+                    }
+                    (Kind::File(leaf), _) => Node::Leaf(tree.push_leaf(*leaf)),
+                };
+                let is_dir = matches!(node, Node::Directory(_));
+                if tree.insert(&path, node).is_ok() && is_dir {
+                    dirs.push(path);
                 }
-                (Kind::File(leaf), _) => Node::Leaf(tree.push_leaf(*leaf)),
-            };
-            let is_dir = matches!(node, Node::Directory(_));
-            if tree.insert(&path, node).is_ok() && is_dir {
-                dirs.push(path);
             }
-        }
-        canonical(&tree)
-    })
+            let leaves = tree.leaves.len();
+            for (i, n) in nlinks {
+                if leaves > 0 {
+                    tree.leaves[i % leaves].stat.nlink = Some(n);
+                }
+            }
+            let mut names = Vec::new();
+            tree.for_each_hard_link(|id, path| names.push((id, path.to_vec())));
+            for i in own_names {
+                if !names.is_empty() {
+                    let (id, path) = names[i % names.len()].clone();
+                    tree.primary_names.insert(id, path);
+                }
+            }
+            canonical(&tree)
+        })
 }
 
 /// Trees the dumpfile describes one way only: what the writer would not keep is absent.

@@ -210,6 +210,7 @@ fn stat_of(
         gid: inode.gid(),
         mtime: inode.mtime(),
         xattrs,
+        nlink: None,
     };
     Ok((stat, overlay))
 }

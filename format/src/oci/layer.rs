@@ -201,6 +201,7 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryMeta> {
             nsec: 0,
         },
         xattrs: Default::default(),
+        nlink: None,
     };
     for (key, value) in &pax {
         if key == b"mtime" {
@@ -651,12 +652,24 @@ pub fn compact(tree: Tree) -> Tree {
             }
         }
     }
-    let Tree { mut root, leaves } = tree;
+    let Tree {
+        mut root,
+        leaves,
+        primary_names,
+    } = tree;
     let mut map = vec![None; leaves.len()];
     let mut old: Vec<Option<Leaf>> = leaves.into_iter().map(Some).collect();
     let mut out = Vec::new();
     walk(&mut root, &mut old, &mut map, &mut out);
-    Tree { root, leaves: out }
+    let primary_names = primary_names
+        .into_iter()
+        .filter_map(|(id, path)| Some((map.get(id.0).copied().flatten()?, path)))
+        .collect();
+    Tree {
+        root,
+        leaves: out,
+        primary_names,
+    }
 }
 
 #[cfg(test)]

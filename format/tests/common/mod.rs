@@ -24,6 +24,7 @@ pub fn stat(mode: u32, uid: u32, gid: u32, sec: u64, nsec: u32) -> Stat {
         gid,
         mtime: Mtime { sec, nsec },
         xattrs: BTreeMap::new(),
+        nlink: None,
     }
 }
 
@@ -280,6 +281,7 @@ fn stat_strategy() -> impl Strategy<Value = Stat> {
             gid,
             mtime: Mtime { sec, nsec },
             xattrs,
+            nlink: None,
         })
 }
 
