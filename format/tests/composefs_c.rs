@@ -123,6 +123,17 @@ fn a_directory_source_keeps_the_true_link_count() {
     );
 }
 
+#[test]
+fn dump_prints_the_stored_link_count() {
+    // The image stores 7 for a file with one name; the dump must say 7, as C's does.
+    let text = b"/ 4096 40755 2 0 0 0 0.0 - - -
+/f 1 100644 7 0 0 0 0.0 - f -
+";
+    let image = Image::from_bytes(image_from_dumpfile(text)).unwrap();
+    let dump = write_dumpfile_to_string(&tree_from_image(&image).unwrap());
+    assert!(dump.contains("\n/f 1 100644 7 0 0 0 0.0 - f -\n"), "{dump}");
+}
+
 fn big_inline_tree(data: &[u8]) -> Tree {
     let mut tree = Tree::new(Stat {
         mode: 0o755,

@@ -14,6 +14,8 @@
 //! - `trusted.overlay.overlay.X` is shown as `trusted.overlay.X`.
 //! - A nid reached by several names is one leaf (hard links); a directory reached twice is
 //!   an error, so a hostile image cannot loop.
+//! - Link counts are the stored `i_nlink`, kept in [`Stat::nlink`] where they differ from
+//!   the true count (C `mkcomposefs --from-file` stores a dumpfile's NLINK as given).
 //!
 //! Unlike C, a character device 0/0 below the root is kept (as a whiteout): only the
 //! root's stubs are the writer's.
@@ -106,6 +108,7 @@ pub fn tree_from_image(image: &Image) -> Result<Tree, ReadTreeError> {
         tree.insert(&path, node)
             .map_err(|_| invalid(&path, "name cannot be placed in the tree"))?;
     }
+    tree.normalize_link_info();
     Ok(tree)
 }
 
@@ -210,7 +213,8 @@ fn stat_of(
         gid: inode.gid(),
         mtime: inode.mtime(),
         xattrs,
-        nlink: None,
+        // What the image stores; normalized away at the end where it is the true count.
+        nlink: Some(inode.nlink()),
     };
     Ok((stat, overlay))
 }

@@ -134,7 +134,10 @@ pub fn erofs_dir_size(dir: &Directory, is_root: bool) -> u64 {
 /// and how often each stored xattr occurs.
 struct Context<'a> {
     tree: &'a Tree,
+    /// Each leaf's number of names.
     nlinks: Vec<u32>,
+    /// Each leaf's link count as stored.
+    stored_nlinks: Vec<u32>,
     version1: bool,
     xattr_uses: HashMap<(Vec<u8>, Vec<u8>), usize>,
 }
@@ -164,6 +167,7 @@ impl<'a> Context<'a> {
             .any(|(leaf, n)| *n > 0 && leaf.content.is_whiteout());
         let mut ctx = Context {
             tree,
+            stored_nlinks: tree.stored_link_counts(),
             nlinks,
             version1,
             xattr_uses: HashMap::new(),
@@ -264,10 +268,7 @@ impl<'a> Context<'a> {
             size: erofs_dir_size(dir, is_root),
             hard_link: false,
             mode: dir.st_mode(),
-            nlink: dir
-                .stat
-                .nlink
-                .map_or(2 + dir.subdirectory_count() as u64, u64::from),
+            nlink: dir.shown_link_count(),
             stat: &dir.stat,
             rdev: 0,
             payload: None,
@@ -282,10 +283,7 @@ impl<'a> Context<'a> {
             // A dangling id cannot come from the parser; print nothing rather than panic.
             return;
         };
-        let nlink = leaf
-            .stat
-            .nlink
-            .unwrap_or_else(|| self.nlinks.get(id.0).copied().unwrap_or(1));
+        let nlink = self.stored_nlinks.get(id.0).copied().unwrap_or(1);
         let mut fields = Fields {
             size: 0,
             hard_link: link_target.is_some(),

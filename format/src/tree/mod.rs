@@ -155,6 +155,14 @@ impl Directory {
             .filter(|n| matches!(n, Node::Directory(_)))
             .count()
     }
+
+    /// The link count an image shows: the recorded one ([`Stat::nlink`], read from an
+    /// image), else 2 + subdirectories.
+    pub fn shown_link_count(&self) -> u64 {
+        self.stat
+            .nlink
+            .map_or(2 + self.subdirectory_count() as u64, u64::from)
+    }
 }
 
 impl Drop for Directory {

@@ -57,7 +57,7 @@ pub fn run(args: LsArgs) -> Result<()> {
         Image::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
     let tree =
         tree_from_image(&image).with_context(|| format!("reading {}", args.image.display()))?;
-    let links = tree.link_counts();
+    let links = tree.stored_link_counts();
     let path = args.path.as_bytes();
     let mut entries = Vec::new();
     match tree
@@ -115,7 +115,7 @@ fn entry(tree: &Tree, name: &[u8], node: &Node, links: &[u32]) -> Entry {
             name,
             kind: "directory",
             mode: d.stat.mode,
-            nlink: 2 + d.subdirectory_count() as u32,
+            nlink: u32::try_from(d.shown_link_count()).unwrap_or(u32::MAX),
             uid: d.stat.uid,
             gid: d.stat.gid,
             size: 0,
