@@ -65,6 +65,18 @@ fn c_reference_dumpfile_makes_c_reference_image() {
 }
 
 #[test]
+fn c_reference_image_dumps_as_composefs_info_does() {
+    let image = Image::from_bytes(testdata("links.cfs")).unwrap();
+    let tree = tree_from_image(&image).unwrap();
+    let ours = write_dumpfile_to_string(&tree);
+    let c = String::from_utf8(testdata("links.cfs.dump")).unwrap();
+    for (n, (a, b)) in ours.lines().zip(c.lines()).enumerate() {
+        assert_eq!(a, b, "line {}", n + 1);
+    }
+    assert_eq!(ours, c);
+}
+
+#[test]
 fn hard_link_inode_sits_at_the_breadth_first_slot_of_its_own_line() {
     // `/a` comes first depth first, but its line is the `@` one: the inode is `/d/t`'s,
     // numbered after every child of the root (breadth first), not among them.
@@ -132,6 +144,25 @@ fn dump_prints_the_stored_link_count() {
     let image = Image::from_bytes(image_from_dumpfile(text)).unwrap();
     let dump = write_dumpfile_to_string(&tree_from_image(&image).unwrap());
     assert!(dump.contains("\n/f 1 100644 7 0 0 0 0.0 - f -\n"), "{dump}");
+}
+
+#[test]
+fn dump_prints_the_opaque_pair_format_1_adds_beside_whiteouts() {
+    let text = b"/ 4096 40755 3 0 0 0 0.0 - - -
+/e 4096 40755 2 0 0 0 0.0 - - - user.x=1
+/e/w 0 20000 1 0 0 0 0.0 - - -
+";
+    let tree = parse_dumpfile(text).unwrap();
+    let pair =
+        "/e 40 40755 2 0 0 0 0.0 - - - trusted.overlay.opaque=x user.overlay.opaque=x user.x=1\n";
+    // Checked against composefs-info dump of the image C mkcomposefs makes of `text`.
+    let image = Image::from_bytes(image_from_dumpfile(text)).unwrap();
+    let read = tree_from_image(&image).unwrap();
+    assert!(write_dumpfile_to_string(&read).contains(pair));
+    // Format 0 has no such marker.
+    let v0 = ImageWriter::new(&tree).max_version(0).write().unwrap();
+    let read = tree_from_image(&Image::from_bytes(v0).unwrap()).unwrap();
+    assert!(!write_dumpfile_to_string(&read).contains("opaque"));
 }
 
 fn big_inline_tree(data: &[u8]) -> Tree {
