@@ -23,6 +23,7 @@ use std::collections::HashSet;
 use std::io::{self, Read};
 
 use super::OciError;
+use super::pax::{EntryExtensions, PaxError, PaxFramer};
 use super::sparse::{SparseReader, pax_sparse};
 use crate::tree::{Directory, Leaf, LeafContent, LeafId, Mtime, Node, RegularFile, Stat, Tree};
 use crate::verity::Digest;
@@ -172,21 +173,14 @@ impl LayerState<'_> {
     }
 }
 
-/// Metadata of an entry and the PAX records that matter beyond what the tar
-/// crate already applies (path, linkpath, size, uid, gid).
+/// Metadata of an entry from its header and its PAX records (read by length, see
+/// [`super::pax`]); path and link target are taken from the records by the caller.
 struct EntryMeta {
     stat: Stat,
     pax: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryMeta> {
-    let mut pax = Vec::new();
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            pax.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
-        }
-    }
+fn entry_meta<R: Read>(entry: &tar::Entry<'_, R>, ext: EntryExtensions) -> io::Result<EntryMeta> {
     let h = entry.header();
     let to_u32 = |v: u64, what: &str| {
         u32::try_from(v).map_err(|_| io::Error::other(format!("{what} {v} does not fit 32 bits")))
@@ -203,6 +197,16 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryMeta> {
         xattrs: Default::default(),
         nlink: None,
     };
+    // The tar crate applies these too, but falls back to the header's field when a
+    // record is not a number; a record we cannot read is an error instead.
+    let pax_err = |e: PaxError| io::Error::other(format!("PAX {e}"));
+    if let Some(uid) = ext.number(b"uid").map_err(pax_err)? {
+        stat.uid = to_u32(uid, "uid")?;
+    }
+    if let Some(gid) = ext.number(b"gid").map_err(pax_err)? {
+        stat.gid = to_u32(gid, "gid")?;
+    }
+    let pax = ext.records;
     for (key, value) in &pax {
         if key == b"mtime" {
             stat.mtime = parse_pax_time(value)
@@ -285,7 +289,9 @@ impl TreeBuilder {
             opaque: Vec::new(),
         };
         let mut stats = LayerStats::default();
-        let mut archive = tar::Archive::new(tar_stream);
+        let framer = PaxFramer::new(tar_stream);
+        let extensions = framer.extensions();
+        let mut archive = tar::Archive::new(framer);
         let read_err = |e: io::Error| OciError::Blob {
             blob: layer.to_owned(),
             reason: format!("cannot read the layer tar: {e}"),
@@ -300,11 +306,20 @@ impl TreeBuilder {
             }
             stats.entries += 1;
             let kind = entry.header().entry_type();
+            let ext = extensions.take(entry.raw_header_position());
             if kind.is_pax_global_extensions() {
                 continue;
             }
-            let mut raw_path = entry.path_bytes().into_owned();
-            let meta = entry_meta(&mut entry).map_err(|e| state.err(&raw_path, e.to_string()))?;
+            // The PAX records read by length, never the tar crate's view of them.
+            let mut raw_path = match ext.path() {
+                Some(p) => p.to_vec(),
+                None => entry.path_bytes().into_owned(),
+            };
+            let link_path = match ext.link_path() {
+                Some(p) => Some(p.to_vec()),
+                None => entry.link_name_bytes().map(|t| t.into_owned()),
+            };
+            let meta = entry_meta(&entry, ext).map_err(|e| state.err(&raw_path, e.to_string()))?;
             // PAX sparse files carry their real name in a record of their own.
             let sparse = pax_sparse(&meta.pax).map_err(|e| state.err(&raw_path, e))?;
             if let Some(s) = &sparse {
@@ -337,10 +352,7 @@ impl TreeBuilder {
                 }
                 Node::Directory(Box::new(Directory::new(meta.stat)))
             } else if kind.is_hard_link() {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = link_path.unwrap_or_default();
                 let id = self
                     .link_target(&mut state, &target)
                     .map_err(|e| state.err(&raw_path, e))?;
@@ -366,10 +378,7 @@ impl TreeBuilder {
                         progress(file.size());
                         LeafContent::Regular(file)
                     } else if kind.is_symlink() {
-                        let target = entry
-                            .link_name_bytes()
-                            .map(|t| t.into_owned())
-                            .unwrap_or_default();
+                        let target = link_path.unwrap_or_default();
                         if target.is_empty() {
                             return Err(state.err(&raw_path, "symlink with an empty target"));
                         }

@@ -5,13 +5,15 @@
 //! * [`layout`]: index, manifest and config parsing; blobs in a directory or
 //!   read in place from a tar.
 //! * [`blob`]: digest and size checks, decompression by media type and magic.
-//! * [`layer`]: tar entries to tree nodes, whiteouts, hostile-entry rules.
+//! * [`layer`]: tar entries to tree nodes, whiteouts, hostile-entry rules; `pax`
+//!   reads PAX extended headers by their records' lengths for it.
 //! * [`import`]: all of it into an [`crate::store::ObjectStore`], atomically.
 
 pub mod blob;
 pub mod import;
 pub mod layer;
 pub mod layout;
+mod pax;
 pub mod source;
 mod sparse;
 
