@@ -27,13 +27,58 @@ pub enum Source {
     Tar { path: PathBuf },
 }
 
+/// Every transport a SOURCE may name, with the syntax that follows `NAME:`. Messages and
+/// [`Source::looks_like_source`] take them from here: a new transport goes here as well as
+/// into the parser (a test holds every entry here to parse).
+pub const TRANSPORTS: &[(&str, &str)] = &[
+    ("oci", "DIR[:TAG]"),
+    ("oci-archive", "FILE[:TAG]"),
+    ("docker-archive", "FILE[:REF]"),
+    ("dir", "PATH"),
+    ("tar", "FILE"),
+];
+
+/// The transports for a message: `oci:DIR[:TAG], …, dir:PATH or tar:FILE`.
+pub fn transport_list() -> String {
+    let all: Vec<String> = TRANSPORTS
+        .iter()
+        .map(|(name, syntax)| format!("{name}:{syntax}"))
+        .collect();
+    match all.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// The transport a string names, if it has the shape of one (`NAME:`, NAME a word of
+/// lower-case letters, digits and dashes): what an unknown-transport message names.
+pub fn transport_of(spec: &str) -> Option<&str> {
+    let (name, _) = spec.split_once(':')?;
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    (first.is_ascii_lowercase()
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    .then_some(name)
+}
+
+fn unknown_transport(spec: &str) -> String {
+    match transport_of(spec) {
+        Some(name) => format!(
+            "unknown transport \"{name}:\" in {spec:?}: a SOURCE is {}",
+            transport_list()
+        ),
+        None => format!(
+            "{spec:?} names no transport: a SOURCE is {}",
+            transport_list()
+        ),
+    }
+}
+
 /// Why a SOURCE string was not understood.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SourceError {
-    #[error(
-        "{0:?} names no known transport: use oci:DIR[:TAG], oci-archive:FILE[:TAG], \
-         docker-archive:FILE[:REF], dir:PATH or tar:FILE"
-    )]
+    #[error("{}", unknown_transport(.0))]
     UnknownTransport(String),
     #[error("{0:?} has an empty path")]
     EmptyPath(String),
@@ -93,10 +138,8 @@ impl Source {
     /// Whether a string looks like a SOURCE (has a known transport prefix), so
     /// that a command taking "a tag, a digest or a SOURCE" can tell them apart.
     pub fn looks_like_source(s: &str) -> bool {
-        matches!(
-            s.split_once(':').map(|(t, _)| t),
-            Some("oci" | "oci-archive" | "docker-archive" | "dir" | "tar")
-        )
+        s.split_once(':')
+            .is_some_and(|(t, _)| TRANSPORTS.iter().any(|(name, _)| *name == t))
     }
 
     /// The tag the source names, if any: a default for `--tag`.
@@ -167,6 +210,43 @@ mod tests {
                 path: "root.tar.gz".into()
             })
         );
+    }
+
+    #[test]
+    fn every_listed_transport_parses_and_unknown_ones_are_named() {
+        for (name, syntax) in TRANSPORTS {
+            // `DIR[:TAG]` -> `x`, `//REF` -> `//x`.
+            let required = syntax.split('[').next().unwrap_or(syntax);
+            let sample: String = required
+                .split(|c: char| c.is_ascii_uppercase())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("");
+            let spec = format!("{name}:{sample}x");
+            assert!(Source::looks_like_source(&spec), "{spec}");
+            assert!(
+                !matches!(
+                    spec.parse::<Source>(),
+                    Err(SourceError::UnknownTransport(_))
+                ),
+                "{spec} does not parse"
+            );
+            assert!(transport_list().contains(&format!("{name}:{syntax}")));
+        }
+        let err = "ocii:./x".parse::<Source>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "unknown transport \"ocii:\" in \"ocii:./x\": a SOURCE is {}",
+                transport_list()
+            )
+        );
+        assert!(err.ends_with(", dir:PATH or tar:FILE"), "{err}");
+        let err = "layout".parse::<Source>().unwrap_err().to_string();
+        assert!(err.starts_with("\"layout\" names no transport"), "{err}");
+        assert_eq!(transport_of("web:stable"), Some("web"));
+        assert_eq!(transport_of("sha256:ab"), Some("sha256"));
+        assert_eq!(transport_of("Web:x"), None);
     }
 
     #[test]
