@@ -12,38 +12,46 @@ use imgmount_format::erofs::format::FileType;
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{Digest, merkle_tree_file};
 
+use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 use crate::read::VerityMode;
 
 /// Print a regular file from an image to standard output.
 ///
 /// Small files are stored in the image itself; larger ones are read from the
-/// object directory given with --objects and checked block by block against
-/// the fs-verity digest the image records, before any byte is printed.
+/// object directory (the store's for an image from the store, else `objects/`
+/// beside the image's directory or beside the image, else --objects) and
+/// checked block by block against the fs-verity digest the image records,
+/// before any byte is printed.
 ///
-/// Example:
+/// Examples:
+///   imgmount cat web:stable /etc/os-release
 ///   imgmount cat rootfs.cfs /etc/os-release --objects /var/lib/objects
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct CatArgs {
-    /// The composefs image file.
-    pub image: PathBuf,
+    #[arg(value_name = "IMAGE", help = IMAGE_HELP)]
+    pub image: String,
     /// Absolute path of the file inside the image, e.g. /etc/hostname.
     pub path: String,
     /// The object directory (XX/rest-of-digest layout) holding file contents.
     #[arg(long, value_name = "DIR")]
     pub objects: Option<PathBuf>,
-    /// Verification: require, auto (verify where a digest exists) or off.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
+    /// require: the file must carry a digest; auto: verify when it carries one;
+    /// off: trust the object store.
+    #[arg(long, value_enum, default_value_t = VerityMode::Auto)]
     pub verity: VerityMode,
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 pub fn run(args: CatArgs) -> Result<()> {
-    let image =
-        Image::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
+    let found = find_image(&args.store, &args.image)?;
+    let shown = found.path.display();
+    let image = Image::open(&found.path).with_context(|| format!("opening {shown}"))?;
     let inode = image
         .lookup_path(args.path.as_bytes())
-        .with_context(|| format!("looking up {} in {}", args.path, args.image.display()))?
-        .with_context(|| format!("{}: no such file in {}", args.path, args.image.display()))?;
+        .with_context(|| format!("looking up {} in {shown}", args.path))?
+        .with_context(|| format!("{} does not exist in {shown}", args.path))?;
     if inode.file_type() != FileType::RegularFile {
         bail!(
             "{} is not a regular file (it is a {:?})",
@@ -67,9 +75,15 @@ pub fn run(args: CatArgs) -> Result<()> {
             }
         }
         Some(redirect) => {
-            let objects = args.objects.as_deref().with_context(|| {
-                format!("{} is stored as an object: pass --objects DIR", args.path)
-            })?;
+            let objects = args.objects.as_deref().unwrap_or(&found.objects);
+            if !objects.is_dir() {
+                bail!(
+                    "{} is stored as an object, and the object directory {} does not exist: \
+                     pass --objects DIR",
+                    args.path,
+                    objects.display()
+                );
+            }
             let rel = redirect_object_path(redirect).with_context(|| {
                 format!(
                     "{}: redirect {:?} would leave the object directory",

@@ -23,7 +23,7 @@ use fuser::{Config, Session, SessionACL};
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{self, Digest};
 
-use super::store_path::{StoreArg, resolve_image};
+use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 use crate::fs::session::{self, is_root};
 use crate::fs::{FsOptions, ImgFs};
 use crate::read::{Objects, ReadConfig, VerityMode};
@@ -31,9 +31,7 @@ use crate::read::{Objects, ReadConfig, VerityMode};
 /// Mount an image read-only with FUSE, verifying every byte of its external files.
 #[derive(Args, Debug)]
 pub struct MountArgs {
-    /// The image: a composefs image file, or from the store a tag, an image
-    /// digest (`sha256:HEX` or a unique prefix), or a SOURCE such as
-    /// `oci:./layout:tag` (imported into the store first; see `imgmount import`).
+    #[arg(value_name = "IMAGE", help = IMAGE_HELP)]
     pub image: String,
     #[command(flatten)]
     pub store: StoreArg,
@@ -180,15 +178,6 @@ fn fusermount_options(o: &Options, fsname: &str) -> String {
     v.join(",")
 }
 
-fn default_objects(image: &Path) -> PathBuf {
-    let dir = image.parent().unwrap_or(Path::new("."));
-    let beside_dir = dir.parent().map(|p| p.join("objects"));
-    match beside_dir {
-        Some(p) if p.is_dir() => p,
-        _ => dir.join("objects"),
-    }
-}
-
 /// Opens the image; with a pinned digest, reads it whole and checks the bytes that will be
 /// used (so nothing can swap the file between the check and the use).
 fn open_image(path: &Path, pin: Option<&Digest>) -> anyhow::Result<Image> {
@@ -213,25 +202,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     // A path that exists is an image file; anything else names an image in
     // (or a source to import into) the store, whose objects then serve it.
-    let (image_path, store_objects) = if Path::new(&args.image).is_file() {
-        (session::absolute(Path::new(&args.image))?, None)
-    } else {
-        let (store, path) = resolve_image(&args.store, &args.image)
-            .with_context(|| format!("finding image {:?}", args.image))?;
-        // The daemon changes directory to `/`: a relative --store must not follow it.
-        (
-            session::absolute(&path)?,
-            Some(session::absolute(store.objects_dir())?),
-        )
-    };
+    let found = find_image(&args.store, &args.image)?;
+    // The daemon changes directory to `/`: relative paths must not follow it.
+    let image_path = session::absolute(&found.path)?;
     let mountpoint = session::absolute(&args.mountpoint)?;
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
-    let objects_dir = match &args.objects {
-        Some(p) => session::absolute(p)?,
-        None => store_objects.unwrap_or_else(|| default_objects(&image_path)),
-    };
+    let objects_dir = session::absolute(args.objects.as_deref().unwrap_or(&found.objects))?;
     let sidecar_dir = match &args.verity_dir {
         Some(p) => session::absolute(p)?,
         None => crate::read::sidecar::Sidecars::default_dir(&objects_dir),

@@ -1,0 +1,200 @@
+//! What a user meets at the command line: every command that takes an IMAGE takes the
+//! same names (a file, a tag, a digest, a SOURCE), and each refusal names the thing and
+//! the reason with the right exit code. Needs no root and no FUSE.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imgmount");
+
+fn run(store: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .env_remove("IMGMOUNT_STORE")
+        .output()
+        .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(store: &Path, args: &[&str]) -> Output {
+    let out = run(store, args);
+    assert!(
+        out.status.success(),
+        "imgmount {args:?}: {}\n{}",
+        out.status,
+        stderr(&out)
+    );
+    out
+}
+
+/// Runs a command that must fail with `code` and print exactly `message` as its error.
+#[track_caller]
+fn fails(store: &Path, args: &[&str], code: i32, message: &str) {
+    let out = run(store, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "imgmount {args:?}: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stderr(&out),
+        format!("imgmount: error: {message}\n"),
+        "imgmount {args:?}"
+    );
+}
+
+/// A root filesystem tarball: a small file (inline in the image) and a large one (an
+/// object in the store).
+fn rootfs_tar(path: &Path) -> Vec<u8> {
+    let big: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
+    for (name, data) in [("etc/motd", &b"hello\n"[..]), ("usr/big", &big[..])] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    b.finish().unwrap();
+    big
+}
+
+#[test]
+fn every_command_taking_an_image_takes_a_tag_a_digest_or_a_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let tar = tmp.path().join("root.tar");
+    let big = rootfs_tar(&tar);
+    let source = format!("tar:{}", tar.display());
+
+    // A SOURCE is imported first, and the command says what it imported and where.
+    let out = ok(&store, &["ls", &source, "/etc"]);
+    assert!(stdout(&out).contains(" motd\n"), "{}", stdout(&out));
+    let said = stderr(&out);
+    let digest = said
+        .strip_prefix(&format!("imgmount: imported {source} as "))
+        .and_then(|rest| rest.strip_suffix(&format!(", into the store {}\n", store.display())))
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_owned();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    ok(&store, &["tag", &digest, "root"]);
+
+    // A tag, a digest, a digest prefix and the SOURCE again all name it.
+    let prefix = &digest["sha256:".len()..][..12];
+    for name in ["root", digest.as_str(), prefix, source.as_str()] {
+        let cat = ok(&store, &["cat", name, "/usr/big"]);
+        assert_eq!(
+            cat.stdout, big,
+            "cat {name}: the store's objects, found by itself"
+        );
+        let dump = ok(&store, &["dump", name]);
+        assert!(
+            stdout(&dump).contains("\n/usr/big 50000 100644 "),
+            "dump {name}"
+        );
+        let dg = ok(&store, &["digest", name]);
+        assert_eq!(stdout(&dg), format!("{digest} {name}\n"), "digest {name}");
+    }
+    // The image file itself is still an IMAGE, and `digest` still digests any file.
+    let file = store.join("images").join(&digest["sha256:".len()..]);
+    let dg = ok(&store, &["digest", file.to_str().unwrap()]);
+    assert_eq!(stdout(&dg), format!("{digest} {}\n", file.display()));
+}
+
+#[test]
+fn names_that_name_nothing_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let none = tmp.path().join("none");
+    let missing = format!(
+        "\"nothere\" is not an image file (it does not exist), and there is no store at {}",
+        none.display()
+    );
+    for cmd in [
+        &["ls", "nothere"][..],
+        &["cat", "nothere", "/x"],
+        &["dump", "nothere"],
+    ] {
+        fails(&none, cmd, 1, &missing);
+    }
+    fails(&none, &["digest", "nothere"], 1, &missing);
+
+    let tar = tmp.path().join("root.tar");
+    rootfs_tar(&tar);
+    ok(
+        &store,
+        &["import", "--tag", "root", &format!("tar:{}", tar.display())],
+    );
+    fails(
+        &store,
+        &["ls", "nothere.cfs"],
+        1,
+        &format!(
+            "\"nothere.cfs\" is not an image file (it does not exist), and no image in the \
+             store {} has that tag or digest",
+            store.display()
+        ),
+    );
+    fails(
+        &store,
+        &["cat", "root", "/etc/nope"],
+        1,
+        &format!(
+            "/etc/nope does not exist in {}",
+            fs::read_dir(store.join("images"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path()
+                .display()
+        ),
+    );
+    let dir = tmp.path().to_str().unwrap();
+    fails(
+        &store,
+        &["ls", dir],
+        1,
+        &format!("{dir} is a directory, not an image file (for a root filesystem: dir:{dir})"),
+    );
+}
+
+#[test]
+fn an_unknown_transport_is_named_with_the_ones_there_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let transports = "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF], \
+                      dir:PATH or tar:FILE";
+    fails(
+        &store,
+        &["import", "ocii:./layout"],
+        2,
+        &format!("unknown transport \"ocii:\" in \"ocii:./layout\": a SOURCE is {transports}"),
+    );
+    for cmd in ["ls", "dump", "digest"] {
+        fails(
+            &store,
+            &[cmd, "ocii:./layout"],
+            2,
+            &format!(
+                "unknown transport \"ocii:\" in \"ocii:./layout\" (and it is not an image file \
+                 or a stored image either): a SOURCE is {transports}"
+            ),
+        );
+    }
+}
