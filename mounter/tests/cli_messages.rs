@@ -198,3 +198,54 @@ fn an_unknown_transport_is_named_with_the_ones_there_are() {
         );
     }
 }
+
+/// Imports a root filesystem holding `motd`, returning its digest.
+fn import_rootfs(store: &Path, dir: &Path, motd: &str, tag: Option<&str>) -> (String, String) {
+    let tar = dir.join(format!("{motd}.tar"));
+    let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(motd.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "etc/motd", motd.as_bytes()).unwrap();
+    b.finish().unwrap();
+    let source = format!("tar:{}", tar.display());
+    let mut args = vec!["import"];
+    if let Some(t) = tag {
+        args.extend(["--tag", t]);
+    }
+    args.push(&source);
+    let out = ok(store, &args);
+    (stdout(&out).trim().to_owned(), stderr(&out))
+}
+
+#[test]
+fn moving_a_tag_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (a, _) = import_rootfs(&store, tmp.path(), "a", None);
+    let (b, _) = import_rootfs(&store, tmp.path(), "b", None);
+    assert_eq!(
+        stdout(&ok(&store, &["tag", &a, "web"])),
+        format!("web -> {a}\n")
+    );
+    assert_eq!(
+        stdout(&ok(&store, &["tag", &a, "web"])),
+        format!("web -> {a} (unchanged)\n")
+    );
+    assert_eq!(
+        stdout(&ok(&store, &["tag", &b, "web"])),
+        format!("web -> {b} (moved from {a})\n")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(&store, &["tag", "--json", &a, "web"]))).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"tag": "web", "digest": a, "previous": b})
+    );
+    // An import that moves a tag says so too, on stderr (stdout is the digest).
+    let (c, said) = import_rootfs(&store, tmp.path(), "c", Some("web"));
+    assert_eq!(said, format!("imgmount: tag web moved from {a} to {c}\n"));
+    let (_, said) = import_rootfs(&store, tmp.path(), "c", Some("web"));
+    assert_eq!(said, "", "importing the same image again moves nothing");
+}

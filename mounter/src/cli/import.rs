@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use imgmount_format::oci::{self, ImportOptions, ImportProgress, Imported, Limits, Source};
 use imgmount_format::store::ObjectStore;
-use imgmount_format::verity::HashAlg;
+use imgmount_format::verity::{Digest, HashAlg};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -65,6 +65,8 @@ struct Report<'a> {
     digest: String,
     image: String,
     tag: Option<&'a str>,
+    /// The image the tag named before, when the import moved it.
+    moved_from: Option<String>,
     layers: usize,
     files: u64,
     bytes: u64,
@@ -81,6 +83,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
         imgmount_format::store::validate_tag(t).map_err(UsageError)?;
     }
     let store = args.store.create()?.with_fsync(!args.no_sync);
+    let before = tag_target(&store, tag.as_deref())?;
     let opts = ImportOptions {
         tag,
         hash: args.hash,
@@ -94,11 +97,16 @@ pub fn run(args: ImportArgs) -> Result<()> {
         .with_context(|| format!("importing {source}"));
     progress.finish();
     let imported = imported?;
+    let moved_from = before.filter(|d| *d != imported.digest);
+    if let (Some(old), Some(t), false) = (&moved_from, &imported.tag, args.json) {
+        eprintln!("imgmount: tag {t} moved from {old} to {}", imported.digest);
+    }
     if args.json {
         let report = Report {
             digest: imported.digest.to_string(),
             image: imported.image_path.display().to_string(),
             tag: imported.tag.as_deref(),
+            moved_from: moved_from.map(|d| d.to_string()),
             layers: imported.layers,
             files: imported.files,
             bytes: imported.bytes,
@@ -112,14 +120,26 @@ pub fn run(args: ImportArgs) -> Result<()> {
 }
 
 /// Imports with default options and no output: for commands that accept a
-/// SOURCE where an image is expected.
-pub fn import_quietly(store: &ObjectStore, source: &Source) -> Result<Imported> {
+/// SOURCE where an image is expected. Also returns the image the source's tag named
+/// before, if the import moved it.
+pub fn import_quietly(store: &ObjectStore, source: &Source) -> Result<(Imported, Option<Digest>)> {
     let opts = ImportOptions {
         tag: source.tag().map(str::to_owned),
         ..ImportOptions::default()
     };
-    oci::import(store, source, &opts, &mut oci::import::NoProgress)
-        .with_context(|| format!("importing {source}"))
+    let before = tag_target(store, opts.tag.as_deref())?;
+    let imported = oci::import(store, source, &opts, &mut oci::import::NoProgress)
+        .with_context(|| format!("importing {source}"))?;
+    let moved_from = before.filter(|d| *d != imported.digest);
+    Ok((imported, moved_from))
+}
+
+/// The image a tag names now, if any.
+fn tag_target(store: &ObjectStore, tag: Option<&str>) -> Result<Option<Digest>> {
+    match tag {
+        Some(t) => Ok(store.read_ref(t)?),
+        None => Ok(None),
+    }
 }
 
 /// Progress bars on a terminal: one for layers, one for bytes and files.

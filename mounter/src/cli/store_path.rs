@@ -75,12 +75,12 @@ pub fn resolve_image(store: &StoreArg, spec: &str) -> Result<(ObjectStore, PathB
             .parse()
             .map_err(|e| super::UsageError(format!("{e}")))?;
         let store = store.create()?;
-        let imported = super::import::import_quietly(&store, &source)?;
-        let tag = imported
-            .tag
-            .as_deref()
-            .map(|t| format!(", tagged {t}"))
-            .unwrap_or_default();
+        let (imported, moved_from) = super::import::import_quietly(&store, &source)?;
+        let tag = match (imported.tag.as_deref(), moved_from) {
+            (Some(t), Some(old)) => format!(", tagged {t} (moved from {old})"),
+            (Some(t), None) => format!(", tagged {t}"),
+            (None, _) => String::new(),
+        };
         eprintln!(
             "imgmount: imported {source} as {}{tag}, into the store {}",
             imported.digest,
