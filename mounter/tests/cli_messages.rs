@@ -249,3 +249,60 @@ fn moving_a_tag_says_so() {
     let (_, said) = import_rootfs(&store, tmp.path(), "c", Some("web"));
     assert_eq!(said, "", "importing the same image again moves nothing");
 }
+
+#[test]
+fn json_for_scripts_from_rm_extract_and_create() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (a, _) = import_rootfs(&store, tmp.path(), "a", Some("one"));
+    ok(&store, &["tag", &a, "two"]);
+    let (b, _) = import_rootfs(&store, tmp.path(), "b", None);
+
+    let out = tmp.path().join("out");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&ok(
+        &store,
+        &["extract", "--json", "one", out.to_str().unwrap()],
+    )))
+    .unwrap();
+    assert_eq!(json["dir"], out.display().to_string());
+    assert!(
+        json["image"]
+            .as_str()
+            .unwrap()
+            .ends_with(&a["sha256:".len()..])
+    );
+    assert!(json["skipped"]["devices"].is_u64());
+    assert_eq!(fs::read(out.join("etc/motd")).unwrap(), b"a");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&ok(&store, &["rm", "--json", "one", &a, &b]))).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"name": "one", "untagged": ["one"], "removed": null},
+            {"name": a, "untagged": ["two"], "removed": a},
+            {"name": b, "untagged": [], "removed": b},
+        ])
+    );
+
+    let tree = tmp.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("f"), b"x").unwrap();
+    let image = tmp.path().join("t.cfs");
+    let out = Command::new(BIN)
+        .args(["create", "--json"])
+        .args([&tree, &image])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let digest = stdout(&ok(&store, &["digest", image.to_str().unwrap()]));
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "image": image.display().to_string(),
+            "digest": digest.split(' ').next().unwrap(),
+            "size": fs::metadata(&image).unwrap().len(),
+        })
+    );
+}

@@ -47,9 +47,14 @@ pub struct CreateArgs {
     /// fs-verity hash for file digests.
     #[arg(long, value_name = "ALG", default_value = "sha256")]
     pub hash: HashAlg,
-    /// Print the fs-verity digest of the image written.
+    /// Print the fs-verity digest of the image written (to standard error when the
+    /// image goes to standard output).
     #[arg(long)]
     pub print_digest: bool,
+    /// Print a JSON object (image, digest as sha256:HEX, size in bytes) instead of the
+    /// bare digest; implies --print-digest.
+    #[arg(long)]
+    pub json: bool,
     /// Threads used to hash and copy files (0 = one per core).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
@@ -108,13 +113,23 @@ pub fn run(args: CreateArgs) -> Result<()> {
         .write()
         .context("building the image")?;
     write_output(&args.image, &image)?;
-    if args.print_digest {
-        let digest = digest_bytes(args.hash, &image).to_hex();
+    if args.print_digest || args.json {
+        let digest = digest_bytes(args.hash, &image);
+        let text = if args.json {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image": args.image.display().to_string(),
+                "digest": digest.to_string(),
+                "size": image.len(),
+            }))?
+        } else {
+            // mkcomposefs --print-digest prints bare hex.
+            digest.to_hex()
+        };
         // With the image on stdout, the digest must not be mixed into it.
         if args.image == Path::new("-") {
-            eprintln!("{digest}");
+            eprintln!("{text}");
         } else {
-            println!("{digest}");
+            println!("{text}");
         }
     }
     Ok(())

@@ -37,6 +37,10 @@ pub struct ExtractArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub store: StoreArg,
+    /// Print a JSON object (image, dir, and what an unprivileged extract left out)
+    /// when done.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What an unprivileged extract leaves out.
@@ -94,7 +98,18 @@ pub fn run(args: ExtractArgs) -> Result<()> {
     };
     x.directory(&tree.root, &args.dir)?;
     let s = &x.skipped;
-    if s.devices + s.xattrs + s.owners > 0 {
+    if args.json {
+        let report = serde_json::json!({
+            "image": image_path.display().to_string(),
+            "dir": args.dir.display().to_string(),
+            "skipped": {
+                "devices": s.devices,
+                "xattrs": s.xattrs,
+                "owners": s.owners,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if s.devices + s.xattrs + s.owners > 0 {
         eprintln!(
             "imgmount: not root: {} device nodes became empty files; left out {} \
              trusted./security. xattrs and the ownership of {} entries",
