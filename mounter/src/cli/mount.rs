@@ -23,6 +23,7 @@ use fuser::{Config, Session, SessionACL};
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{self, Digest};
 
+use super::mountpoint::check_mount_point;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 use crate::fs::session::{self, is_root};
 use crate::fs::{FsOptions, ImgFs};
@@ -101,6 +102,8 @@ struct Options {
     suid: bool,
     dev: bool,
     fsname: Option<String>,
+    /// Mount even over a directory that is not empty or is already a mount point.
+    nonempty: bool,
     /// Options passed on as they are (kernel flags and options).
     rest: Vec<String>,
 }
@@ -120,6 +123,7 @@ fn parse_options(list: &[String]) -> anyhow::Result<Options> {
             "nosuid" => o.suid = false,
             "nodev" => o.dev = false,
             "ro" | "default_permissions" => {} // always
+            "nonempty" => o.nonempty = true,
             "rw" => bail!("-o rw: images are read-only"),
             "auto_unmount" => {
                 bail!("-o auto_unmount is not supported: use `imgmount umount` or SIGTERM")
@@ -206,8 +210,14 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     // The daemon changes directory to `/`: relative paths must not follow it.
     let image_path = session::absolute(&found.path)?;
     let mountpoint = session::absolute(&args.mountpoint)?;
+    if !mountpoint.exists() {
+        bail!("mount point {} does not exist", mountpoint.display());
+    }
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    if !opts.nonempty {
+        check_mount_point(&mountpoint)?;
     }
     let objects_dir = session::absolute(args.objects.as_deref().unwrap_or(&found.objects))?;
     let sidecar_dir = match &args.verity_dir {
