@@ -105,3 +105,131 @@ fn mount_points_that_would_hide_something_are_refused() {
     assert!(!hidden);
     assert!(full.join("precious").exists(), "back after unmounting");
 }
+
+/// An image with `/dir/a` (20 blocks, an object), mounted once so its Merkle tree sidecar
+/// exists, then the object's block 5 tampered with: reads there are refused.
+fn tampered(s: &Scratch) -> std::path::PathBuf {
+    let a = data(3, 20 * 4096);
+    let oa = s.object(&a);
+    let dump = format!(
+        "/ 4096 40755 3 0 0 0 1700000000.0 - - -\n\
+         /dir 4096 40755 2 0 0 0 1700000000.0 - - -\n{}\n",
+        external_line("/dir/a", a.len(), "100644", 1, &oa)
+    );
+    let image = s.image("image.cfs", &dump);
+    let mnt = s.mkdir("first");
+    let m = Mounted::new(&image, &mnt, &s.objects(), &[]);
+    assert!(fs::read(mnt.join("dir/a")).unwrap() == a);
+    m.unmount();
+    let object = s.objects().join(&oa.1);
+    let mut bytes = fs::read(&object).unwrap();
+    bytes[5 * 4096 + 7] ^= 1;
+    fs::write(&object, bytes).unwrap();
+    image
+}
+
+fn refusal_line(object_name: &str) -> String {
+    format!(
+        "refused to read /dir/a: object {object_name}: block at offset 20480 failed verification"
+    )
+}
+
+fn object_name(s: &Scratch) -> String {
+    let mut names = Vec::new();
+    for d in fs::read_dir(s.objects()).unwrap() {
+        let d = d.unwrap().path();
+        for f in fs::read_dir(&d).unwrap() {
+            let f = f.unwrap().path();
+            // As the image's redirect names it.
+            names.push(format!(
+                "/{}",
+                f.strip_prefix(s.objects()).unwrap().display()
+            ));
+        }
+    }
+    assert_eq!(names.len(), 1, "{names:?}");
+    names.remove(0)
+}
+
+#[test]
+fn a_detached_daemon_tells_syslog_which_file_it_refused() {
+    if !can_mount("a_detached_daemon_tells_syslog_which_file_it_refused") {
+        return;
+    }
+    let s = Scratch::new();
+    let image = tampered(&s);
+    let socket_path = s.path("syslog");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    syslog
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mnt = s.mkdir("mnt");
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&image)
+        .arg(&mnt)
+        .arg("--objects")
+        .arg(s.objects())
+        .env("IMGMOUNT_SYSLOG_SOCKET", &socket_path)
+        .env_remove("IMGMOUNT_LOG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted { mnt: mnt.clone() };
+    assert!(pread(&mnt.join("dir/a"), 0, 4096).is_ok());
+    let err = pread(&mnt.join("dir/a"), 5 * 4096, 4096).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let mut buf = vec![0u8; 16 << 10];
+    let n = syslog.recv(&mut buf).expect("a syslog message within 10 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    m.unmount();
+    // daemon.err, the program and its pid, then the file, the object and the offset.
+    assert!(msg.starts_with("<27>imgmount["), "{msg}");
+    assert!(
+        msg.contains(&format!("]: {}", refusal_line(&object_name(&s)))),
+        "{msg}"
+    );
+}
+
+#[test]
+fn in_the_foreground_refusals_go_to_stderr() {
+    if !can_mount("in_the_foreground_refusals_go_to_stderr") {
+        return;
+    }
+    let s = Scratch::new();
+    let image = tampered(&s);
+    let mnt = s.mkdir("mnt");
+    let child = Command::new(BIN)
+        .arg("mount")
+        .arg("-f")
+        .arg(&image)
+        .arg(&mnt)
+        .arg("--objects")
+        .arg(s.objects())
+        .env_remove("IMGMOUNT_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(start.elapsed().as_secs() < 20, "not mounted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let m = Mounted { mnt: mnt.clone() };
+    let err = pread(&mnt.join("dir/a"), 5 * 4096, 100).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    m.unmount();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let want = format!("]: error: {}", refusal_line(&object_name(&s)));
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("imgmount[") && l.contains(&want)),
+        "{log}"
+    );
+}

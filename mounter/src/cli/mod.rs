@@ -2,6 +2,7 @@
 
 pub mod cat;
 pub mod create;
+pub mod daemon_log;
 pub mod digest;
 pub mod dump;
 pub mod ls;

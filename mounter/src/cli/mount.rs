@@ -15,7 +15,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -23,6 +22,7 @@ use fuser::{Config, Session, SessionACL};
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{self, Digest};
 
+use super::daemon_log;
 use super::mountpoint::check_mount_point;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 use crate::fs::session::{self, is_root};
@@ -68,8 +68,8 @@ pub struct MountArgs {
     /// noexec, noatime, fsname=NAME, …; unknown ones are passed to the kernel.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
-    /// Where the daemon writes its log (default: nowhere once detached). Log level from
-    /// IMGMOUNT_LOG (error, warn, info, debug).
+    /// Where the daemon writes its log. Default: standard error with -f, else syslog (the
+    /// journal) once detached. Log level from IMGMOUNT_LOG (error, warn, info, debug).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
 }
@@ -258,7 +258,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    init_logger(args.foreground || log_target.is_some());
+    daemon_log::init(args.foreground || log_target.is_some());
 
     let ready = if args.foreground {
         None
@@ -363,6 +363,10 @@ fn serve(
 
     if let Some(mut tx) = ready.take() {
         detach_stdio(log_target.as_ref());
+        if log_target.is_none() {
+            // Detached with nowhere to write: what the daemon refuses goes to syslog.
+            daemon_log::to_syslog();
+        }
         let _ = tx.write_all(b"ok");
     }
     session.run().context("serving FUSE requests")?;
@@ -412,57 +416,6 @@ fn detach_stdio(log: Option<&File>) {
         libc::dup2(err_fd, 2);
     }
     let _ = std::env::set_current_dir("/");
-}
-
-/// A minimal logger to stderr (which is the log file once detached).
-struct StderrLog {
-    level: log::LevelFilter,
-    lock: Mutex<()>,
-}
-
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        // fuser reports routine events at info; keep them out unless debugging.
-        let level = if m.target().starts_with("fuser") && self.level < log::LevelFilter::Debug {
-            log::LevelFilter::Warn
-        } else {
-            self.level
-        };
-        m.level() <= level
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let _g = self.lock.lock();
-            let _ = writeln!(
-                std::io::stderr(),
-                "imgmount[{}]: {}: {}",
-                std::process::id(),
-                r.level().as_str().to_ascii_lowercase(),
-                r.args()
-            );
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-fn init_logger(enabled: bool) {
-    let level = match std::env::var("IMGMOUNT_LOG").as_deref() {
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("info") => log::LevelFilter::Info,
-        Ok("warn") => log::LevelFilter::Warn,
-        Ok("error") => log::LevelFilter::Error,
-        _ if enabled => log::LevelFilter::Info,
-        _ => log::LevelFilter::Warn,
-    };
-    let logger = Box::new(StderrLog {
-        level,
-        lock: Mutex::new(()),
-    });
-    if log::set_logger(Box::leak(logger)).is_ok() {
-        log::set_max_level(level);
-    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub struct ImgFs {
     objects: Objects,
     inos: InoMap,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// Paths in the image of inodes whose reads failed, for the log (see `describe`).
+    failed_paths: Mutex<HashMap<u64, String>>,
     next_fh: AtomicU64,
     opts: FsOptions,
     /// Whether the kernel agreed to passthrough at INIT.
@@ -71,6 +73,7 @@ impl ImgFs {
             image,
             objects,
             handles: Mutex::new(HashMap::new()),
+            failed_paths: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             opts,
             passthrough: false,
@@ -81,6 +84,25 @@ impl ImgFs {
         self.image
             .inode(self.inos.nid(ino))
             .map_err(|e| image_err("inode", e))
+    }
+
+    /// The inode's path in the image, for a message about a refused open or read: the
+    /// user knows the file, not its object. Found by walking the image, so remembered.
+    fn describe(&self, nid: u64) -> String {
+        /// Enough for the files a damaged store fails at, small enough to bound memory.
+        const REMEMBERED: usize = 1024;
+        let mut known = self.failed_paths.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = known.get(&nid) {
+            return path.clone();
+        }
+        let path = match self.image.path_of(nid) {
+            Ok(Some(p)) => String::from_utf8_lossy(&p).into_owned(),
+            _ => format!("inode {nid}"),
+        };
+        if known.len() < REMEMBERED {
+            known.insert(nid, path.clone());
+        }
+        path
     }
 
     fn is_root(&self, ino: INodeNo) -> bool {
@@ -158,7 +180,7 @@ impl ImgFs {
             .objects
             .open(redirect, digest, inode.size())
             .map_err(|e| {
-                log::error!("open of inode {}: {e}", inode.nid);
+                log::error!("refused to open {}: {e}", self.describe(inode.nid));
                 Errno::EIO
             })?;
         let backing = if self.passthrough && obj.kernel_checked() {
@@ -198,11 +220,11 @@ impl ImgFs {
                 Some(h) => h.obj.clone(),
                 None => return Err(Errno::EBADF),
             };
-            // Verification failures are logged where they are found, with object and offset.
-            return self
-                .objects
-                .read(&obj, offset, size, out)
-                .map_err(|_| Errno::EIO);
+            // The error names the object and the offset; the log adds the file's path.
+            return self.objects.read(&obj, offset, size, out).map_err(|e| {
+                log::error!("refused to read {}: {e}", self.describe(self.inos.nid(ino)));
+                Errno::EIO
+            });
         }
         let inode = self.inode(ino)?;
         let len = inode.size().saturating_sub(offset).min(u64::from(size)) as usize;

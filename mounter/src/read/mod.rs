@@ -350,7 +350,8 @@ impl Objects {
                     offset: block * bs,
                     source,
                 };
-                log::error!("{err}");
+                // The filesystem logs the refusal with the file's path; this is detail.
+                log::debug!("{err}");
                 out.truncate(at);
                 return Err(err);
             }
@@ -383,7 +384,8 @@ impl Objects {
         for (i, data) in buf.chunks(BLOCK_SIZE).enumerate() {
             let block = start / bs + i as u64;
             if let Err(source) = tree.verify_data_block(block, data) {
-                log::error!(
+                // Detail: a request refused because of it is logged by the filesystem.
+                log::debug!(
                     "{}",
                     ReadError::Verify {
                         name: obj.name.clone(),

@@ -196,6 +196,9 @@ fn lookup_and_readdir_across_blocks_with_meta_blkaddr() {
         walk,
         vec![(b"/".to_vec(), 0), (b"/name-00000".to_vec(), 100)]
     );
+    assert_eq!(img.path_of(100).unwrap().unwrap(), b"/name-00000");
+    assert_eq!(img.path_of(0).unwrap().unwrap(), b"/");
+    assert_eq!(img.path_of(7).unwrap(), None);
 }
 
 #[test]
