@@ -306,3 +306,57 @@ fn json_for_scripts_from_rm_extract_and_create() {
         })
     );
 }
+
+fn help(cmd: &str) -> String {
+    let out = Command::new(BIN).args([cmd, "--help"]).output().unwrap();
+    assert!(out.status.success());
+    stdout(&out)
+}
+
+const COMMANDS: [&str; 14] = [
+    "create", "dump", "ls", "cat", "digest", "mount", "umount", "import", "images", "tag", "rm",
+    "gc", "fsck", "extract",
+];
+
+#[test]
+fn help_explains_and_names_each_concept_one_way() {
+    let mount = help("mount");
+    for part in [
+        "returns once the mount is ready",
+        "a daemon stays behind",
+        "syslog",
+        "the kernel checks every page",
+        "in user space against the",
+        "-o nonempty",
+        "Examples:",
+        "0 turns the cache off",
+    ] {
+        assert!(mount.contains(part), "mount --help lacks {part:?}");
+    }
+    // No kernel parameter that nothing reads.
+    assert!(!help("digest").contains("imgmount.digest="));
+
+    // An option has the same metavariable in every command, and sizes are all SIZE.
+    let mut seen: std::collections::BTreeMap<String, (String, &str)> = Default::default();
+    for cmd in COMMANDS {
+        for line in help(cmd).lines() {
+            let line = line.trim_start();
+            let Some(rest) = line.strip_prefix("--") else {
+                continue;
+            };
+            let Some((name, meta)) = rest.split_once(" <") else {
+                continue;
+            };
+            let meta = meta.split('>').next().unwrap().to_owned();
+            if let Some((other, where_)) = seen.get(name) {
+                assert_eq!(&meta, other, "--{name} in {cmd} and {where_}");
+            }
+            seen.insert(name.to_owned(), (meta, cmd));
+        }
+    }
+    for size in ["cache-size", "max-size"] {
+        assert_eq!(seen[size].0, "SIZE", "--{size}");
+    }
+    assert_eq!(seen["tag"].0, "TAG");
+    assert_eq!(seen["verity"].0, "MODE");
+}

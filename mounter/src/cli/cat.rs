@@ -38,7 +38,7 @@ pub struct CatArgs {
     pub objects: Option<PathBuf>,
     /// require: the file must carry a digest; auto: verify when it carries one;
     /// off: trust the object store.
-    #[arg(long, value_enum, default_value_t = VerityMode::Auto)]
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = VerityMode::Auto)]
     pub verity: VerityMode,
     #[command(flatten)]
     pub store: StoreArg,

@@ -29,13 +29,14 @@ use super::UsageError;
 #[command(verbatim_doc_comment)]
 pub struct CreateArgs {
     /// A directory, or with --from-file a dumpfile ('-' reads standard input).
+    #[arg(value_name = "INPUT")]
     pub source: PathBuf,
     /// Where to write the image ('-' writes to standard output).
     pub image: PathBuf,
     /// Copy every external file into this object directory (XX/rest layout).
     #[arg(long, value_name = "DIR")]
     pub digest_store: Option<PathBuf>,
-    /// SOURCE is a composefs dumpfile, not a directory.
+    /// INPUT is a composefs dumpfile, not a directory.
     #[arg(long)]
     pub from_file: bool,
     /// Lowest composefs format version to write (0 or 1).
@@ -71,7 +72,7 @@ pub fn run(args: CreateArgs) -> Result<()> {
     let tree = if args.from_file {
         if args.digest_store.is_some() {
             return Err(UsageError(
-                "--digest-store needs a directory SOURCE: a dumpfile names no file contents".into(),
+                "--digest-store needs a directory INPUT: a dumpfile names no file contents".into(),
             )
             .into());
         }

@@ -37,8 +37,8 @@ use super::store_path::{StoreArg, parse_size};
 pub struct ImportArgs {
     /// What to import (see above).
     pub source: String,
-    /// Name to give the image in the store.
-    #[arg(long, value_name = "NAME")]
+    /// Name to give the image in the store (moving the tag if it named another image).
+    #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
     #[command(flatten)]
     pub store: StoreArg,

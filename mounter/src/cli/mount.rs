@@ -30,7 +30,40 @@ use crate::fs::{FsOptions, ImgFs};
 use crate::read::{Objects, ReadConfig, VerityMode};
 
 /// Mount an image read-only with FUSE, verifying every byte of its external files.
+///
+/// The mount shows what the kernel's composefs mount (EROFS + overlayfs) of the
+/// image would show. Small files are in the image; each larger one is an
+/// object in the store, named by its fs-verity digest.
+///
+/// Detaching: `imgmount mount` returns once the mount is ready to use (exit 0)
+/// or has failed (exit 1, with the reason); a daemon stays behind and serves
+/// it until `imgmount umount MOUNTPOINT` (or `fusermount3 -u`, or SIGTERM to
+/// the daemon). With -f it stays in the foreground and logs to standard
+/// error; detached it logs to --log-file, else to syslog (the journal), where
+/// every refused read is reported with the file's path in the image.
+///
+/// Verification, for each object when it is opened:
+///   - the object file has fs-verity enabled and the kernel's measurement is
+///     the digest the image names: the kernel checks every page it reads
+///     (as root, reads then go straight to the file by FUSE passthrough);
+///   - otherwise imgmount checks each 4 KiB block in user space against the
+///     file's Merkle tree (kept in --verity-dir, built on first open and
+///     checked against the digest), and a block that fails is an I/O error;
+///   - --verity=off trusts the store and checks nothing; --verity=require
+///     refuses files whose image entry carries no digest.
+///
+/// Mounting over a directory that is not empty, or over another mount, is
+/// refused unless -o nonempty. As a normal user the mount uses fusermount3
+/// (nosuid,nodev); as root it mounts directly.
+///
+/// Examples:
+///   imgmount mount oci:./layout:latest ~/mnt     import, then mount
+///   imgmount mount web:stable /srv/web --digest sha256:3f2a...
+///   imgmount mount rootfs.cfs /mnt --objects /srv/objects -o allow_other
+///   imgmount mount -f --verity=require rootfs.cfs /mnt
+///   imgmount umount /mnt
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct MountArgs {
     #[arg(value_name = "IMAGE", help = IMAGE_HELP)]
     pub image: String,
@@ -38,9 +71,9 @@ pub struct MountArgs {
     pub store: StoreArg,
     /// Where to mount it.
     pub mountpoint: PathBuf,
-    /// Directory holding the objects (`XX/rest` files). Default: the `objects` directory
-    /// beside the image's directory (a store's `images/` and `objects/`), else beside the
-    /// image.
+    /// Directory holding the objects (`XX/rest` files). Default: the store's, for an image
+    /// from the store; for an image file, `objects/` beside the image's directory (a
+    /// store's `images/` and `objects/`), else beside the image.
     #[arg(long, value_name = "DIR")]
     pub objects: Option<PathBuf>,
     /// Directory of Merkle tree sidecars (`XX/rest`, the object's name). Default: `verity`
@@ -51,12 +84,12 @@ pub struct MountArgs {
     /// Refuse to mount unless the image file's fs-verity digest is this (`sha256:HEX`).
     #[arg(long, value_name = "DIGEST")]
     pub digest: Option<Digest>,
-    /// require: every external file must carry a digest; auto: verify files that carry
-    /// one; off: trust the object store.
-    #[arg(long, value_enum, default_value_t = VerityMode::Auto)]
+    /// How much to check (see above).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = VerityMode::Auto)]
     pub verity: VerityMode,
-    /// Bytes of verified blocks kept in memory (suffixes K, M, G).
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
+    /// Memory for verified blocks, so that reading them again costs no hashing
+    /// (units K, M, G, T). 0 turns the cache off: every read is checked again.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub cache_size: u64,
     /// FUSE request threads (default: number of CPUs, at least 2, at most 16).
     #[arg(long, value_name = "N")]
@@ -64,8 +97,8 @@ pub struct MountArgs {
     /// Stay in the foreground (logging to stderr) instead of returning once mounted.
     #[arg(short, long)]
     pub foreground: bool,
-    /// Mount options, comma separated: allow_other, allow_root, suid, dev (root only),
-    /// noexec, noatime, fsname=NAME, …; unknown ones are passed to the kernel.
+    /// Mount options, comma separated: allow_other, allow_root, nonempty, suid, dev (root
+    /// only), noexec, noatime, fsname=NAME, …; unknown ones are passed to the kernel.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
     /// Where the daemon writes its log. Default: standard error with -f, else syslog (the
