@@ -9,7 +9,7 @@ mod read;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Mount and build composefs images whose file contents live in a
 /// content-addressed object store, verifying every byte against its fs-verity
@@ -39,10 +39,19 @@ enum Command {
     Gc(cli::gc::GcArgs),
     Fsck(cli::fsck::FsckArgs),
     Extract(cli::extract::ExtractArgs),
+    Completions(cli::generate::CompletionsArgs),
+    Manpages(cli::generate::ManpagesArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Mount(_)) {
+        // A closed pipe (`imgmount completions bash | head`) ends the command quietly, as
+        // it does C tools, instead of a panic in whatever was printing. The mount daemon
+        // keeps ignoring SIGPIPE: it must outlive the process that started it.
+        // SAFETY: signal() with SIG_DFL installs no handler code; no thread exists yet.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Create(args) => cli::create::run(args),
         Command::Dump(args) => cli::dump::run(args),
@@ -58,6 +67,8 @@ fn main() -> ExitCode {
         Command::Gc(args) => cli::gc::run(args),
         Command::Fsck(args) => cli::fsck::run(args),
         Command::Extract(args) => cli::extract::run(args),
+        Command::Completions(args) => cli::generate::completions(args, Cli::command()),
+        Command::Manpages(args) => cli::generate::manpages(args, Cli::command()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -360,3 +360,44 @@ fn help_explains_and_names_each_concept_one_way() {
     assert_eq!(seen["tag"].0, "TAG");
     assert_eq!(seen["verity"].0, "MODE");
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_same_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        for cmd in COMMANDS {
+            assert!(script.contains(cmd), "{shell} completion lacks {cmd}");
+        }
+        assert!(
+            script.contains("nonempty") || script.contains("--verity"),
+            "{shell}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad usage");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man1");
+    let out = Command::new(BIN)
+        .arg("manpages")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = |name: &str| fs::read_to_string(dir.join(format!("{name}.1"))).unwrap();
+    assert!(page("imgmount").contains(".SH NAME"));
+    for cmd in COMMANDS {
+        let text = page(&format!("imgmount-{cmd}"));
+        assert!(text.contains(&format!(".TH imgmount-{cmd} 1")), "{cmd}");
+    }
+    let mount = page("imgmount-mount");
+    assert!(mount.contains("Detaching") && mount.contains("nonempty"));
+}

@@ -5,6 +5,7 @@ pub mod create;
 pub mod daemon_log;
 pub mod digest;
 pub mod dump;
+pub mod generate;
 pub mod ls;
 pub mod mount;
 pub mod mountpoint;
