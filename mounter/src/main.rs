@@ -43,8 +43,39 @@ enum Command {
     Manpages(cli::generate::ManpagesArgs),
 }
 
+/// Run as `/sbin/mount.imgmount` (by mount(8)): the `imgmount mount` command line to run,
+/// or the exit code when there is nothing to mount.
+fn helper_command_line() -> Option<Result<Vec<std::ffi::OsString>, ExitCode>> {
+    let mut args = std::env::args_os();
+    let argv0 = args.next()?;
+    if !cli::mount_helper::invoked_as_helper(&argv0) {
+        return None;
+    }
+    let rest: Vec<_> = args.collect();
+    Some(match cli::mount_helper::translate(&rest) {
+        Ok(cli::mount_helper::HelperCall::Mount(argv)) => Ok(argv),
+        // `mount -f`: check what would be run, mount nothing.
+        Ok(cli::mount_helper::HelperCall::Fake(argv)) => Err(match Cli::try_parse_from(argv) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = e.print();
+                ExitCode::from(1)
+            }
+        }),
+        Err(msg) => {
+            eprintln!("mount.imgmount: error: {msg}");
+            // mount(8)'s code for bad usage.
+            Err(ExitCode::from(1))
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match helper_command_line() {
+        Some(Ok(argv)) => Cli::parse_from(argv),
+        Some(Err(code)) => return code,
+        None => Cli::parse(),
+    };
     if !matches!(cli.command, Command::Mount(_)) {
         // A closed pipe (`imgmount completions bash | head`) ends the command quietly, as
         // it does C tools, instead of a panic in whatever was printing. The mount daemon

@@ -401,3 +401,33 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
     let mount = page("imgmount-mount");
     assert!(mount.contains("Detaching") && mount.contains("nonempty"));
 }
+
+#[test]
+fn the_install_script_puts_everything_where_it_is_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("pkg");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .env("DESTDIR", &dest)
+        .env("PREFIX", "/usr")
+        .env("SBINDIR", "/usr/sbin")
+        .env("IMGMOUNT_BIN", BIN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dest.join("usr/bin/imgmount").is_file());
+    assert_eq!(
+        fs::read_link(dest.join("usr/sbin/mount.imgmount")).unwrap(),
+        Path::new("/usr/bin/imgmount")
+    );
+    for f in [
+        "usr/share/bash-completion/completions/imgmount",
+        "usr/share/zsh/site-functions/_imgmount",
+        "usr/share/fish/vendor_completions.d/imgmount.fish",
+        "usr/share/man/man1/imgmount.1",
+        "usr/share/man/man1/imgmount-mount.1",
+    ] {
+        assert!(fs::metadata(dest.join(f)).unwrap().len() > 100, "{f}");
+    }
+}

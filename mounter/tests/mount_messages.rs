@@ -233,3 +233,73 @@ fn in_the_foreground_refusals_go_to_stderr() {
         "{log}"
     );
 }
+
+/// `mount.imgmount`, as mount(8) runs it: the same binary under that name.
+fn helper(s: &Scratch) -> std::path::PathBuf {
+    let link = s.path("sbin/mount.imgmount");
+    fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    link
+}
+
+#[test]
+fn the_mount_helper_takes_what_mount_8_passes() {
+    let s = Scratch::new();
+    let image = small_image(&s);
+    let mnt = s.mkdir("mnt");
+    let helper = helper(&s);
+    // -f: everything checked, nothing mounted (what `mount -f` and `mount -fav` do).
+    let objects = format!("rw,objects={},nofail,_netdev", s.path("objects").display());
+    let out = Command::new(&helper)
+        .arg("-f")
+        .arg(&image)
+        .arg(&mnt)
+        .args(["-o", &objects, "-t", "imgmount"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&mnt));
+    let out = Command::new(&helper)
+        .arg(&image)
+        .arg(&mnt)
+        .args(["-N", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mount.imgmount: error: -N (another mount namespace) is not supported\n"
+    );
+
+    if !can_mount("the_mount_helper_takes_what_mount_8_passes") {
+        return;
+    }
+    let out = Command::new(&helper)
+        .arg(&image)
+        .arg(&mnt)
+        .args(["-o", &format!("{objects},verity=require,noexec")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted { mnt: mnt.clone() };
+    assert_eq!(fs::read(mnt.join("etc/motd")).unwrap(), b"hi\n");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", mnt.display())))
+        .unwrap()
+        .to_owned();
+    m.unmount();
+    assert!(
+        line.contains("fuse.imgmount") && line.contains("noexec"),
+        "{line}"
+    );
+}

@@ -8,6 +8,7 @@ pub mod dump;
 pub mod generate;
 pub mod ls;
 pub mod mount;
+pub mod mount_helper;
 pub mod mountpoint;
 pub mod umount;
 // Store commands (issue #4).
