@@ -8,6 +8,15 @@ use std::process::Command;
 
 use common::*;
 
+#[track_caller]
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn mount_cmd(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(BIN).arg("mount").args(args).output().unwrap()
 }
@@ -25,11 +34,7 @@ fn small_image(s: &Scratch) -> std::path::PathBuf {
         tree.as_os_str(),
         image.as_os_str(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     image
 }
 
@@ -92,11 +97,7 @@ fn mount_points_that_would_hide_something_are_refused() {
         "-o".as_ref(),
         "nonempty".as_ref(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let motd = fs::read(full.join("etc/motd"));
     let hidden = full.join("precious").exists();
     let _ = imgmount(&["umount".as_ref(), full.as_os_str()]);
@@ -174,11 +175,7 @@ fn a_detached_daemon_tells_syslog_which_file_it_refused() {
         .env_remove("IMGMOUNT_LOG")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let m = Mounted { mnt: mnt.clone() };
     assert!(pread(&mnt.join("dir/a"), 0, 4096).is_ok());
     let err = pread(&mnt.join("dir/a"), 5 * 4096, 4096).unwrap_err();
@@ -257,11 +254,7 @@ fn the_mount_helper_takes_what_mount_8_passes() {
         .args(["-o", &objects, "-t", "imgmount"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(!is_mounted(&mnt));
     let out = Command::new(&helper)
         .arg(&image)
@@ -284,11 +277,7 @@ fn the_mount_helper_takes_what_mount_8_passes() {
         .args(["-o", &format!("{objects},verity=require,noexec")])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let m = Mounted { mnt: mnt.clone() };
     assert_eq!(fs::read(mnt.join("etc/motd")).unwrap(), b"hi\n");
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
