@@ -431,3 +431,41 @@ fn the_install_script_puts_everything_where_it_is_found() {
         assert!(fs::metadata(dest.join(f)).unwrap().len() > 100, "{f}");
     }
 }
+
+#[test]
+fn a_tampered_object_is_refused_naming_the_file_and_the_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let tar = tmp.path().join("root.tar");
+    let big = rootfs_tar(&tar);
+    ok(
+        &store,
+        &["import", "--tag", "root", &format!("tar:{}", tar.display())],
+    );
+    let dump = stdout(&ok(&store, &["dump", "root"]));
+    let line = dump.lines().find(|l| l.starts_with("/usr/big ")).unwrap();
+    let fields: Vec<&str> = line.split(' ').collect();
+    let (object, digest) = (fields[8], fields[10]);
+    let path = store.join("objects").join(object);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[40_000] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let found = {
+        let mut copy = big.clone();
+        copy[40_000] ^= 1;
+        let dir = tmp.path().join("f");
+        fs::write(&dir, &copy).unwrap();
+        let out = ok(&store, &["digest", dir.to_str().unwrap()]);
+        stdout(&out).split(' ').next().unwrap().to_owned()
+    };
+    fails(
+        &store,
+        &["cat", "root", "/usr/big"],
+        1,
+        &format!(
+            "refused to read /usr/big: object {} does not match the image: expected \
+             sha256:{digest}, found {found}",
+            path.display()
+        ),
+    );
+}

@@ -101,10 +101,11 @@ pub fn run(args: CatArgs) -> Result<()> {
                     )
                 }
                 (Some(d), VerityMode::Require | VerityMode::Auto) => {
-                    copy_verified(&object, d, inode.size(), &mut out)?
+                    copy_verified(&object, d, inode.size(), &mut out)
                 }
-                _ => copy_unverified(&object, inode.size(), &mut out)?,
+                _ => copy_unverified(&object, inode.size(), &mut out),
             }
+            .with_context(|| format!("refused to read {}", args.path))?
         }
     }
     out.flush()?;
