@@ -383,8 +383,6 @@ fn serve(
             return Err(e);
         }
     };
-    log::info!("mounted on {}", mountpoint.display());
-
     let mp = mountpoint.to_owned();
     std::thread::Builder::new()
         .name("signals".into())
@@ -402,6 +400,8 @@ fn serve(
         }
         let _ = tx.write_all(b"ok");
     }
+    // Logged once detached, so that it goes where the daemon logs, not to the terminal.
+    log::info!("mounted on {}", mountpoint.display());
     session.run().context("serving FUSE requests")?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
