@@ -469,3 +469,55 @@ fn a_tampered_object_is_refused_naming_the_file_and_the_object() {
         ),
     );
 }
+
+#[test]
+fn the_readme_documents_every_flag_of_every_command() {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let reference = readme
+        .split("## Every command and flag")
+        .nth(1)
+        .expect("README has the reference section");
+    let reference = reference.split("\n## ").next().unwrap();
+    let blocks: Vec<&str> = reference.split("\n#### ").skip(1).collect();
+    let mut commands = COMMANDS.to_vec();
+    commands.extend(["completions", "manpages"]);
+    for cmd in commands {
+        let block = blocks
+            .iter()
+            .find(|b| {
+                b.contains(&format!("`imgmount {cmd} ")) || b.contains(&format!("`imgmount {cmd}`"))
+            })
+            .unwrap_or_else(|| panic!("README documents no `imgmount {cmd}`"));
+        let text = help(cmd);
+        let options = text.split("\nOptions:\n").nth(1).unwrap_or_default();
+        for line in options.lines() {
+            // The option column: `-f, --foreground`, `--store <DIR>`.
+            let Some(column) = line.trim_start().split("  ").next() else {
+                continue;
+            };
+            let is_flag = |w: &&str| {
+                let mut c = w.chars();
+                c.next() == Some('-')
+                    && match c.next() {
+                        Some('-') => c.next().is_some_and(|c| c.is_ascii_lowercase()),
+                        Some(c) => c.is_ascii_alphabetic(),
+                        None => false,
+                    }
+            };
+            for flag in column.split([',', ' ']).filter(is_flag) {
+                if matches!(flag, "-h" | "--help" | "-V" | "--version") {
+                    continue;
+                }
+                let documented = block.contains(&format!("`{flag} "))
+                    || block.contains(&format!("`{flag}`"))
+                    || block.contains(&format!("[{flag} "))
+                    || block.contains(&format!("[{flag}]"));
+                assert!(
+                    documented,
+                    "README does not document `imgmount {cmd} {flag}`"
+                );
+            }
+        }
+    }
+}
