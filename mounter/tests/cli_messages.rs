@@ -521,3 +521,65 @@ fn the_readme_documents_every_flag_of_every_command() {
         }
     }
 }
+
+fn composefs_c(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/composefs-c")
+        .join(name)
+}
+
+#[test]
+fn create_dump_and_ls_agree_with_c_composefs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("links.cfs");
+    let out = Command::new(BIN)
+        .arg("create")
+        .arg("--from-file")
+        .arg(composefs_c("links.dump"))
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fs::read(&image).unwrap() == fs::read(composefs_c("links.cfs")).unwrap());
+    let store = tmp.path().join("store");
+    let dump = ok(
+        &store,
+        &["dump", composefs_c("links.cfs").to_str().unwrap()],
+    );
+    assert_eq!(
+        stdout(&dump),
+        fs::read_to_string(composefs_c("links.cfs.dump")).unwrap()
+    );
+    // ls shows the stored link count (5 for /d/t's inode, 7 for /b), as the mount does.
+    let ls = stdout(&ok(
+        &store,
+        &["ls", "--json", composefs_c("links.cfs").to_str().unwrap()],
+    ));
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&ls).unwrap();
+    let nlink = |name: &str| {
+        entries.iter().find(|e| e["name"] == name).unwrap()["nlink"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((nlink("a"), nlink("b"), nlink("d")), (5, 7, 2));
+    let big = stdout(&ok(
+        &store,
+        &["ls", composefs_c("links.cfs").to_str().unwrap(), "/d/big"],
+    ));
+    assert!(big.contains(" 4500 "), "{big}");
+}
+
+#[test]
+fn a_corrupt_image_is_named_with_its_reason_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = tmp.path().join("cut.cfs");
+    let bytes = fs::read(composefs_c("links.cfs")).unwrap();
+    fs::write(&image, &bytes[..2000]).unwrap();
+    let shown = image.to_str().unwrap();
+    fails(
+        &tmp.path().join("store"),
+        &["dump", shown],
+        1,
+        &format!("reading {shown}: /: inode 36: directory size 4096 exceeds the image size"),
+    );
+}
