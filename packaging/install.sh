@@ -10,11 +10,13 @@
 # work. IMGMOUNT_BIN names a binary already built; otherwise this builds
 # target/release/imgmount.
 set -eu
-cd "$(dirname "$0")/.."
 PREFIX=${PREFIX:-/usr/local}
 SBINDIR=${SBINDIR:-/sbin}
 DESTDIR=${DESTDIR:-}
 bin=${IMGMOUNT_BIN:-}
+# Relative to where the script was started, before it moves to the repository.
+[ -z "$bin" ] || bin=$(readlink -f "$bin")
+cd "$(dirname "$0")/.."
 if [ -z "$bin" ]; then
     cargo build --release --locked --quiet
     bin=target/release/imgmount
