@@ -11,6 +11,7 @@
 pub mod blob;
 pub mod import;
 pub mod layer;
+pub mod layer_record;
 pub mod layout;
 pub mod source;
 mod sparse;
