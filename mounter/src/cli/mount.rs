@@ -23,6 +23,7 @@ use fuser::{Config, Session, SessionACL};
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{self, Digest};
 
+use super::registry_args::RegistryArgs;
 use super::store_path::{StoreArg, resolve_image};
 use crate::fs::session::{self, is_root};
 use crate::fs::{FsOptions, ImgFs};
@@ -33,7 +34,8 @@ use crate::read::{Objects, ReadConfig, VerityMode};
 pub struct MountArgs {
     /// The image: a composefs image file, or from the store a tag, an image
     /// digest (`sha256:HEX` or a unique prefix), or a SOURCE such as
-    /// `oci:./layout:tag` (imported into the store first; see `imgmount import`).
+    /// `oci:./layout:tag` or `docker://HOST/REPO:TAG` (imported into the store
+    /// first; see `imgmount import`).
     pub image: String,
     #[command(flatten)]
     pub store: StoreArg,
@@ -73,6 +75,8 @@ pub struct MountArgs {
     /// IMGMOUNT_LOG (error, warn, info, debug).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Parses `123`, `64K`, `256M`, `2G` (powers of 1024).
@@ -216,7 +220,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let (image_path, store_objects) = if Path::new(&args.image).is_file() {
         (session::absolute(Path::new(&args.image))?, None)
     } else {
-        let (store, path) = resolve_image(&args.store, &args.image)
+        let (store, path) = resolve_image(&args.store, &args.image, &args.registry)
             .with_context(|| format!("finding image {:?}", args.image))?;
         // The daemon changes directory to `/`: a relative --store must not follow it.
         (

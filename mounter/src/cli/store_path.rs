@@ -9,6 +9,8 @@ use clap::Args;
 use imgmount_format::oci::Source;
 use imgmount_format::store::ObjectStore;
 
+use super::registry_args::RegistryArgs;
+
 /// The `--store` option every store command takes.
 #[derive(Args, Debug, Clone, Default)]
 pub struct StoreArg {
@@ -62,14 +64,19 @@ impl StoreArg {
 }
 
 /// Finds the image file for IMAGE: a tag, a digest, or a SOURCE string, which
-/// is imported first (so `imgmount mount oci:dir:tag MNT` works in one step).
-pub fn resolve_image(store: &StoreArg, spec: &str) -> Result<(ObjectStore, PathBuf)> {
+/// is imported first (so `imgmount mount oci:dir:tag MNT` works in one step;
+/// a SOURCE imported before is found again, not imported twice).
+pub fn resolve_image(
+    store: &StoreArg,
+    spec: &str,
+    registry: &RegistryArgs,
+) -> Result<(ObjectStore, PathBuf)> {
     if Source::looks_like_source(spec) {
         let source: Source = spec
             .parse()
             .map_err(|e| super::UsageError(format!("{e}")))?;
         let store = store.create()?;
-        let imported = super::import::import_quietly(&store, &source)?;
+        let imported = super::import::import_quietly(&store, &source, registry)?;
         let path = imported.image_path;
         return Ok((store, path));
     }
