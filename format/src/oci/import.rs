@@ -286,17 +286,19 @@ fn apply_one(
         Some((d, _)) => d.to_string(),
         None => layer.blob.clone(),
     };
-    let (reader, size) = blobs.open(&layer.blob)?;
-    let layer_ref = LayerRef {
+    let mut layer_ref = LayerRef {
         index,
         count,
         name: &name,
-        size,
+        size: layer.digest.as_ref().map_or(0, |(_, size)| *size),
         diff_id: Some(&layer.diff_id),
     };
+    // A layer the store can rebuild is not read from the source at all.
     if applier.replay(&layer_ref, progress)? {
         return Ok(());
     }
+    let (reader, size) = blobs.open(&layer.blob)?;
+    layer_ref.size = size;
     // The stored blob first, in a pass of its own: a tampered blob is refused
     // before its content is interpreted at all.
     if let Some((digest, want)) = &layer.digest {
