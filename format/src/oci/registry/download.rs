@@ -96,6 +96,9 @@ impl Blob {
 
     fn finish(&self, result: Result<Download, OciError>) {
         let mut st = self.lock();
+        if st.finished {
+            return;
+        }
         match result {
             Ok(d) => st.download = Some(d),
             Err(e) => {
@@ -114,6 +117,18 @@ impl Blob {
             st = self.cond.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
         st.error.take()
+    }
+}
+
+/// Finishes a blob's download as failed if its task ends without finishing it.
+struct FinishOnDrop(Arc<Blob>);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish(Err(OciError::Registry {
+            what: format!("blob {}", self.0.digest),
+            reason: "its download stopped before it ended (the pull was cancelled)".into(),
+        }));
     }
 }
 
@@ -180,11 +195,11 @@ impl<'s> Downloads<'s> {
         };
         let slots = Arc::clone(&self.slots);
         self.session.spawn(async move {
+            // Whatever ends this task (an error, a panic, the runtime shutting
+            // down), the blob is finished, so no reader waits forever.
+            let _guard = FinishOnDrop(Arc::clone(&task.blob));
             let Ok(_slot) = slots.acquire_owned().await else {
-                return task.blob.finish(Err(OciError::Registry {
-                    what: task.blob.digest.to_string(),
-                    reason: "the pull was cancelled".into(),
-                }));
+                return;
             };
             let result = task.fetch().await;
             task.blob.finish(result);
@@ -472,5 +487,104 @@ impl Read for FollowReader {
         self.hasher.update(out.get(..n).unwrap_or_default());
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sha2::{Digest as _, Sha256};
+
+    use super::*;
+
+    fn blob_of(data: &[u8]) -> Arc<Blob> {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(data)));
+        Arc::new(Blob {
+            digest: BlobDigest::parse(&digest).unwrap(),
+            size: data.len() as u64,
+            state: Mutex::default(),
+            cond: Condvar::new(),
+        })
+    }
+
+    /// Writes `data` into the blob's download file in pieces, from a thread,
+    /// then finishes it with `end`.
+    fn feed(
+        store: &ObjectStore,
+        blob: &Arc<Blob>,
+        data: Vec<u8>,
+        end: Option<OciError>,
+    ) -> std::thread::JoinHandle<()> {
+        let download = store.open_download(&blob.digest.to_string()).unwrap();
+        let file = Arc::new(download.file().try_clone().unwrap());
+        let blob = Arc::clone(blob);
+        std::thread::spawn(move || {
+            let mut len = 0;
+            for chunk in data.chunks(7000) {
+                file.write_all_at(chunk, len).unwrap();
+                len += chunk.len() as u64;
+                blob.publish(&file, len);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            blob.finish(match end {
+                None => Ok(download),
+                Some(e) => Err(e),
+            });
+        })
+    }
+
+    #[test]
+    fn a_reader_follows_a_growing_blob_and_checks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::create(dir.path()).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+
+        let blob = blob_of(&data);
+        let writer = feed(&store, &blob, data.clone(), None);
+        let mut got = Vec::new();
+        Downloads::reader(&blob).read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        assert_eq!(got, data);
+        assert!(blob.take_error().is_none());
+        drop(blob); // and the download's lock with it
+
+        // A download that fails: the reader fails with its reason.
+        let blob = blob_of(&data);
+        let cut = data[..50_000].to_vec();
+        let why = OciError::Registry {
+            what: "blob".into(),
+            reason: "the network went away".into(),
+        };
+        let writer = feed(&store, &blob, cut, Some(why));
+        let err = Downloads::reader(&blob)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        writer.join().unwrap();
+        assert!(err.to_string().contains("the network went away"), "{err}");
+        assert!(blob.take_error().is_some());
+
+        // Bytes that are not the blob, even if the download said yes.
+        let blob = blob_of(&data);
+        let mut other = data.clone();
+        other[77] ^= 1;
+        std::fs::remove_file(store.downloads_dir().join("sha256").join(&blob.digest.hex)).unwrap();
+        let writer = feed(&store, &blob, other, None);
+        let err = Downloads::reader(&blob)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        writer.join().unwrap();
+        assert!(
+            err.to_string().contains("what was read has digest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_task_that_ends_unfinished_fails_its_blob() {
+        let blob = blob_of(b"x");
+        drop(FinishOnDrop(Arc::clone(&blob)));
+        let err = blob.take_error().unwrap();
+        assert!(err.to_string().contains("stopped"), "{err}");
     }
 }
