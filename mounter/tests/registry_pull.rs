@@ -676,3 +676,16 @@ fn tls_is_checked_against_the_system_roots() {
     let got = pull(&s2, &image, &[]);
     assert_eq!(got["digest"], want.as_str());
 }
+
+/// Not a test: writes the test image as an OCI layout (tag `t`) to
+/// $IMGMOUNT_TEST_IMAGE_OUT, for benches/pull_compare.sh.
+#[test]
+#[ignore]
+fn write_the_test_image() {
+    let Some(out) = std::env::var_os("IMGMOUNT_TEST_IMAGE_OUT") else {
+        panic!("set IMGMOUNT_TEST_IMAGE_OUT to the layout directory to write");
+    };
+    let tmp = scratch();
+    let img = build_image(tmp.path(), "t");
+    sh(Command::new("cp").arg("-a").arg(&img).arg(&out));
+}

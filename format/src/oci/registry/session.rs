@@ -365,6 +365,73 @@ mod tests {
         }
     }
 
+    fn explain(has_creds: bool) -> Explain {
+        Explain {
+            host: "reg.example:5000".into(),
+            repo: "team/app".into(),
+            has_creds,
+            tls_verify: true,
+        }
+    }
+
+    fn envelope(code: OciErrorCode) -> OciDistributionError {
+        OciDistributionError::RegistryError {
+            envelope: oci_client::errors::OciEnvelope {
+                errors: vec![oci_client::errors::OciError {
+                    code,
+                    message: "registry says no".into(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: "http://x".into(),
+        }
+    }
+
+    #[test]
+    fn errors_say_what_to_do() {
+        let unauthorized = || OciDistributionError::UnauthorizedError { url: "u".into() };
+        let e = explain(false).error("tag v1", unauthorized()).to_string();
+        assert!(e.starts_with("tag v1: team/app needs credentials"), "{e}");
+        assert!(
+            e.contains("--creds") && e.contains("skopeo login reg.example:5000"),
+            "{e}"
+        );
+        let e = explain(true).error("tag v1", unauthorized()).to_string();
+        assert!(e.contains("were refused"), "{e}");
+        let e = explain(false)
+            .error("tag v9", envelope(OciErrorCode::ManifestUnknown))
+            .to_string();
+        assert_eq!(e, "tag v9: team/app has no such tag or manifest");
+        let e = explain(false)
+            .error("tag v1", envelope(OciErrorCode::Denied))
+            .to_string();
+        assert!(
+            e.contains("denied: registry says no") && e.contains("--creds"),
+            "{e}"
+        );
+        let e = explain(true)
+            .error(
+                "registry r",
+                OciDistributionError::AuthenticationFailure("  bad password\n".into()),
+            )
+            .to_string();
+        assert_eq!(
+            e,
+            "registry r: the token service refused access to team/app: bad password"
+        );
+        let e = explain(false)
+            .error(
+                "blob b",
+                OciDistributionError::ServerError {
+                    code: 503,
+                    url: "u".into(),
+                    message: "down for maintenance".into(),
+                },
+            )
+            .to_string();
+        assert!(e.contains("HTTP 503: down for maintenance"), "{e}");
+    }
+
     #[test]
     fn error_chains_are_joined_without_repeats() {
         let e = Layer(
