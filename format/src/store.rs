@@ -8,15 +8,21 @@
 //! A *bare* store is just the objects directory (what `mkcomposefs --digest-store=DIR`
 //! writes: `DIR/XX/rest`); it has no images, refs or sidecar directories.
 //! Images, refs and the lock live in `store/images.rs`, import staging in `store/staging.rs`,
-//! gc and fsck in `store/maintenance.rs`.
+//! gc and fsck in `store/maintenance.rs`, layer records and the manifest map in
+//! `store/layers.rs`, partial registry downloads in `store/downloads.rs`.
 
+mod downloads;
 mod images;
+mod layers;
 mod maintenance;
+pub mod nofollow;
 mod staging;
 
+pub use downloads::{DOWNLOADS_DIR, Download};
 pub use images::{
     BARE_VERITY_DIR, IMAGES_DIR, ImageInfo, REFS_DIR, StoreLock, VERITY_DIR, validate_tag,
 };
+pub use layers::{LAYERS_DIR, MANIFESTS_DIR, MAX_RECORD_SIZE, split_content_digest};
 pub use maintenance::{FsckProblem, FsckReport, GcReport};
 pub use staging::{Staging, TMP_DIR};
 

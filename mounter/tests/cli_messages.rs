@@ -179,7 +179,7 @@ fn an_unknown_transport_is_named_with_the_ones_there_are() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let transports = "oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF], \
-                      dir:PATH or tar:FILE";
+                      docker://HOST[:PORT]/REPO[:TAG|@DIGEST], dir:PATH or tar:FILE";
     fails(
         &store,
         &["import", "ocii:./layout"],

@@ -138,10 +138,18 @@ fn import_tag_rm_gc_fsck_extract() {
 fn bad_usage_exits_2_and_missing_images_exit_1() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    assert_eq!(
-        run(&store, &["import", "docker://x"]).status.code(),
-        Some(2)
-    );
+    // An unknown transport, and a registry reference that is malformed.
+    for bad in [
+        "docker-daemon:x",
+        "docker://h.io/Upper",
+        "docker://h.io/x:-bad",
+    ] {
+        assert_eq!(
+            run(&store, &["import", bad]).status.code(),
+            Some(2),
+            "{bad}"
+        );
+    }
     let a = tmp.path().join("a.tar");
     rootfs_tar(&a, &[("f", b"x".to_vec())]);
     let out = run(

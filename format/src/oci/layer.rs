@@ -126,7 +126,9 @@ enum Found {
     Missing,
 }
 
-/// Builds a tree from layers applied in order.
+/// Builds a tree from layers applied in order. Cloning it is how an import
+/// undoes a layer it tried to apply from a record that proved bad.
+#[derive(Clone)]
 pub struct TreeBuilder {
     tree: Tree,
     limits: Limits,

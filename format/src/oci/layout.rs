@@ -17,8 +17,9 @@ use serde::Deserialize;
 
 use super::OciError;
 use super::blob::{BlobDigest, MAX_JSON_SIZE, verify_blob};
+use super::platform::Platform;
 
-const INDEX_MEDIA_TYPES: [&str; 2] = [
+pub(crate) const INDEX_MEDIA_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
@@ -172,7 +173,7 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    fn blob_digest(&self) -> Result<BlobDigest, OciError> {
+    pub(crate) fn blob_digest(&self) -> Result<BlobDigest, OciError> {
         BlobDigest::parse(&self.digest).ok_or_else(|| OciError::Layout {
             what: self.digest.clone(),
             reason: "not a sha256:HEX or sha512:HEX digest".into(),
@@ -180,29 +181,21 @@ impl Descriptor {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct Platform {
+#[derive(Debug, Deserialize)]
+pub(crate) struct Index {
     #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
+    pub(crate) manifests: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Index {
+pub(crate) struct Manifest {
+    pub(crate) config: Descriptor,
     #[serde(default)]
-    manifests: Vec<Descriptor>,
+    pub(crate) layers: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Config {
+pub(crate) struct Config {
     rootfs: RootFs,
 }
 
@@ -239,17 +232,8 @@ pub struct LayerSpec {
 #[derive(Debug)]
 pub struct ImageSpec {
     pub layers: Vec<LayerSpec>,
-}
-
-/// The architecture name OCI uses for the machine this runs on.
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
+    /// The digest of its manifest, when it has one (an OCI layout's).
+    pub manifest: Option<BlobDigest>,
 }
 
 /// Finds an image in an OCI layout (directory or archive).
@@ -316,27 +300,24 @@ fn resolve_platform(blobs: &Blobs, desc: &Descriptor, depth: u32) -> Result<Desc
         });
     }
     let index: Index = blobs.read_verified_json(desc)?;
-    let arch = host_arch();
-    let pick = index
-        .manifests
-        .iter()
-        .find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-        })
+    let host = Platform::host();
+    let platforms: Vec<Option<Platform>> =
+        index.manifests.iter().map(|d| d.platform.clone()).collect();
+    let pick = super::platform::choose(&host, &platforms)
+        .ok()
+        .and_then(|i| index.manifests.get(i))
         .or(match index.manifests.as_slice() {
             [one] => Some(one),
             _ => None,
         })
         .ok_or_else(|| OciError::Layout {
             what: desc.digest.clone(),
-            reason: format!("the image index has no linux/{arch} image"),
+            reason: format!("the image index has no {host} image"),
         })?;
     resolve_platform(blobs, pick, depth + 1)
 }
 
-fn parse_diff_ids(config: &Config, what: &str) -> Result<Vec<BlobDigest>, OciError> {
+pub(crate) fn parse_diff_ids(config: &Config, what: &str) -> Result<Vec<BlobDigest>, OciError> {
     config
         .rootfs
         .diff_ids
@@ -378,7 +359,10 @@ fn image_from_manifest(blobs: &Blobs, desc: &Descriptor) -> Result<ImageSpec, Oc
             })
         })
         .collect::<Result<_, OciError>>()?;
-    Ok(ImageSpec { layers })
+    Ok(ImageSpec {
+        layers,
+        manifest: Some(desc.blob_digest()?),
+    })
 }
 
 /// Whether a `RepoTags` entry names `reference`; `debian:12` matches
@@ -471,7 +455,10 @@ pub fn find_docker_image(blobs: &Blobs, reference: Option<&str>) -> Result<Image
             diff_id,
         })
         .collect();
-    Ok(ImageSpec { layers })
+    Ok(ImageSpec {
+        layers,
+        manifest: None,
+    })
 }
 
 impl OciError {

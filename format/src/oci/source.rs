@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use super::reference::{DockerReference, ReferenceError};
+
 /// A parsed SOURCE string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -25,6 +27,8 @@ pub enum Source {
     Dir { path: PathBuf },
     /// `tar:FILE`: a root filesystem tarball, gzip, zstd or uncompressed.
     Tar { path: PathBuf },
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: an image in a registry.
+    Docker(DockerReference),
 }
 
 /// Every transport a SOURCE may name, with the syntax that follows `NAME:`. Messages and
@@ -34,6 +38,7 @@ pub const TRANSPORTS: &[(&str, &str)] = &[
     ("oci", "DIR[:TAG]"),
     ("oci-archive", "FILE[:TAG]"),
     ("docker-archive", "FILE[:REF]"),
+    ("docker", "//HOST[:PORT]/REPO[:TAG|@DIGEST]"),
     ("dir", "PATH"),
     ("tar", "FILE"),
 ];
@@ -84,6 +89,8 @@ pub enum SourceError {
     EmptyPath(String),
     #[error("{0:?} has an empty tag after the last colon")]
     EmptyTag(String),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
 }
 
 /// Splits `PATH[:TAG]` at its first colon, as skopeo does.
@@ -129,6 +136,10 @@ impl FromStr for Source {
             "tar" => Ok(Source::Tar {
                 path: PathBuf::from(rest),
             }),
+            "docker" => match rest.strip_prefix("//") {
+                Some(r) => Ok(Source::Docker(DockerReference::parse(r)?)),
+                None => Err(SourceError::UnknownTransport(spec.to_owned())),
+            },
             _ => Err(SourceError::UnknownTransport(spec.to_owned())),
         }
     }
@@ -142,12 +153,14 @@ impl Source {
             .is_some_and(|(t, _)| TRANSPORTS.iter().any(|(name, _)| *name == t))
     }
 
-    /// The tag the source names, if any: a default for `--tag`.
-    pub fn tag(&self) -> Option<&str> {
+    /// The tag the source names, if any: a default for `--tag`. A registry
+    /// image is named `REGISTRY/REPO:TAG`.
+    pub fn tag(&self) -> Option<String> {
         match self {
-            Source::OciDir { tag, .. } | Source::OciArchive { tag, .. } => tag.as_deref(),
-            Source::DockerArchive { reference, .. } => reference.as_deref(),
+            Source::OciDir { tag, .. } | Source::OciArchive { tag, .. } => tag.clone(),
+            Source::DockerArchive { reference, .. } => reference.clone(),
             Source::Dir { .. } | Source::Tar { .. } => None,
+            Source::Docker(r) => r.store_tag(),
         }
     }
 }
@@ -162,6 +175,7 @@ impl fmt::Display for Source {
             }
             Source::Dir { path } => ("dir", path, None),
             Source::Tar { path } => ("tar", path, None),
+            Source::Docker(r) => return write!(f, "docker://{r}"),
         };
         write!(f, "{transport}:{}", path.display())?;
         if let Some(tag) = tag {
@@ -250,9 +264,32 @@ mod tests {
     }
 
     #[test]
+    fn parses_registry_references() {
+        let s: Source = "docker://127.0.0.1:5000/a/b:t".parse().unwrap();
+        let Source::Docker(r) = &s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("127.0.0.1:5000", "a/b")
+        );
+        assert_eq!(s.tag().as_deref(), Some("127.0.0.1:5000/a/b:t"));
+        assert_eq!(s.to_string(), "docker://127.0.0.1:5000/a/b:t");
+        assert!(Source::looks_like_source("docker://h.io/x"));
+        assert!(matches!(
+            "docker://H.io/UPPER".parse::<Source>(),
+            Err(SourceError::Reference(_))
+        ));
+        assert!(matches!(
+            "docker:x".parse::<Source>(),
+            Err(SourceError::UnknownTransport(_))
+        ));
+    }
+
+    #[test]
     fn refuses_malformed() {
         assert!(matches!(
-            "docker://x".parse::<Source>(),
+            "docker-daemon:x".parse::<Source>(),
             Err(SourceError::UnknownTransport(_))
         ));
         assert!(matches!(

@@ -119,7 +119,7 @@ impl ObjectStore {
         dir.join(digest.object_path())
     }
 
-    fn require_full(&self) -> Result<()> {
+    pub(super) fn require_full(&self) -> Result<()> {
         if self.bare {
             return Err(StoreError::Bare {
                 path: self.root.clone(),

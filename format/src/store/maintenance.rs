@@ -29,6 +29,11 @@ pub struct GcReport {
     pub removed_temp: usize,
     /// Tags naming images that are gone.
     pub removed_refs: Vec<String>,
+    /// Layer records, image layer lists and manifest maps no image uses.
+    pub removed_layer_records: usize,
+    /// Partial or finished blob downloads of interrupted pulls.
+    pub removed_downloads: usize,
+    pub removed_download_bytes: u64,
 }
 
 /// One problem `fsck` found.
@@ -141,9 +146,10 @@ impl ObjectStore {
         walk_fanout(&self.objects, &mut Vec::new())
     }
 
-    /// Removes objects no image references, their sidecars, sidecars without
-    /// objects, stale temporary files and staging directories, and tags of
-    /// missing images. Holds the exclusive lock: waits for running imports.
+    /// Removes objects no image references (nor a layer record of one),
+    /// their sidecars, sidecars without objects, stale temporary files and
+    /// staging directories, layer records no image uses, blob downloads of
+    /// interrupted pulls, and tags of missing images. Holds the exclusive lock: waits for running imports.
     /// An image that cannot be read stops `gc` before it removes anything.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
         self.require_full_store()?;
@@ -155,6 +161,11 @@ impl ObjectStore {
         for image in &images {
             live.extend(self.image_objects(&image.path)?);
         }
+        // Objects that layer records of live images name stay too, so those
+        // layers can be replayed for another image without their blobs.
+        let live_images = images.iter().map(|i| i.digest).collect();
+        live.extend(self.gc_layers(&live_images, dry_run, &mut report)?);
+        self.gc_downloads(dry_run, &mut report)?;
         let mut stray = Vec::new();
         for (digest, path) in walk_fanout(&self.objects, &mut stray)? {
             if live.contains(&digest) {

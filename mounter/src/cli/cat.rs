@@ -12,6 +12,7 @@ use imgmount_format::erofs::format::FileType;
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{Digest, merkle_tree_file};
 
+use super::registry_args::RegistryArgs;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 use crate::read::VerityMode;
 
@@ -42,10 +43,12 @@ pub struct CatArgs {
     pub verity: VerityMode,
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 pub fn run(args: CatArgs) -> Result<()> {
-    let found = find_image(&args.store, &args.image)?;
+    let found = find_image(&args.store, &args.image, &args.registry)?;
     let shown = found.path.display();
     let image = Image::open(&found.path).with_context(|| format!("opening {shown}"))?;
     let inode = image

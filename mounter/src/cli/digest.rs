@@ -8,6 +8,7 @@ use clap::Args;
 use imgmount_format::verity::{HashAlg, digest_file};
 use serde::Serialize;
 
+use super::registry_args::RegistryArgs;
 use super::store_path::{StoreArg, find_image};
 
 /// Print the fs-verity digest of files, like `fsverity digest`.
@@ -36,6 +37,8 @@ pub struct DigestArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Hash algorithm of the Merkle tree: sha256 or sha512.
     #[arg(long, value_name = "ALG", default_value = "sha256")]
     pub hash: HashAlg,
@@ -55,7 +58,7 @@ pub fn run(args: DigestArgs) -> Result<()> {
     let mut lines = Vec::new();
     for file in &args.files {
         let path = match file.to_str() {
-            Some(spec) if !file.exists() => find_image(&args.store, spec)?.path,
+            Some(spec) if !file.exists() => find_image(&args.store, spec, &args.registry)?.path,
             _ => file.clone(),
         };
         let digest = digest_file(args.hash, &path)

@@ -8,6 +8,7 @@ use imgmount_format::composefs::tree_from_image;
 use imgmount_format::dumpfile::write_dumpfile;
 use imgmount_format::erofs::reader::Image;
 
+use super::registry_args::RegistryArgs;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 
 /// Print a composefs image as a dumpfile.
@@ -22,10 +23,12 @@ pub struct DumpArgs {
     pub image: String,
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 pub fn run(args: DumpArgs) -> Result<()> {
-    let found = find_image(&args.store, &args.image)?;
+    let found = find_image(&args.store, &args.image, &args.registry)?;
     let shown = found.path.display();
     let image = Image::open(&found.path).with_context(|| format!("opening {shown}"))?;
     let tree = tree_from_image(&image).with_context(|| format!("reading {shown}"))?;

@@ -16,6 +16,7 @@ use imgmount_format::store::ObjectStore;
 use imgmount_format::tree::{Directory, LeafContent, LeafId, Node, RegularFile, Stat, Tree};
 use imgmount_format::verity::FsVerityHasher;
 
+use super::registry_args::RegistryArgs;
 use super::store_path::{StoreArg, resolve_image};
 
 /// Unpack an image from the store into a directory, without FUSE.
@@ -41,6 +42,8 @@ pub struct ExtractArgs {
     /// when done.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// What an unprivileged extract leaves out.
@@ -70,7 +73,7 @@ fn last_os_error(what: &str, path: &Path) -> anyhow::Error {
 }
 
 pub fn run(args: ExtractArgs) -> Result<()> {
-    let (store, image_path) = resolve_image(&args.store, &args.image)?;
+    let (store, image_path) = resolve_image(&args.store, &args.image, &args.registry)?;
     let image =
         Image::open(&image_path).with_context(|| format!("opening {}", image_path.display()))?;
     let tree =

@@ -1,9 +1,11 @@
 //! `imgmount import`: an OCI image (or a root filesystem) into the store.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use imgmount_format::oci::import::DownloadMeter;
 use imgmount_format::oci::{self, ImportOptions, ImportProgress, Imported, Limits, Source};
 use imgmount_format::store::ObjectStore;
 use imgmount_format::verity::{Digest, HashAlg};
@@ -11,6 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::UsageError;
+use super::registry_args::RegistryArgs;
 use super::store_path::{StoreArg, parse_size};
 
 /// Import an image into the store, checking every blob, and print its digest.
@@ -19,13 +22,16 @@ use super::store_path::{StoreArg, parse_size};
 ///   oci:DIR[:TAG]               an OCI image layout directory
 ///   oci-archive:FILE[:TAG]      the same, as a tar file
 ///   docker-archive:FILE[:REF]   `docker save` output (REF: a RepoTag or @N)
+///   docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]
+///                               an image in a registry (see `imgmount pull`)
 ///   dir:PATH                    a directory holding a root filesystem
 ///   tar:FILE                    a root filesystem tarball (gzip, zstd or plain)
 ///
 /// Every blob is checked against its descriptor's digest and size, every layer
 /// against the config's diff_id; on any mismatch nothing in the store changes.
-/// Identical files are stored once across all images. The image is tagged with
-/// --tag, else with the TAG of the SOURCE, if any.
+/// Identical files are stored once across all images, and a layer the store
+/// already has (same diff_id) is rebuilt from the store instead of read again.
+/// The image is tagged with --tag, else with the TAG of the SOURCE, if any.
 ///
 /// Examples:
 ///   imgmount import oci:./layout:latest
@@ -37,6 +43,13 @@ use super::store_path::{StoreArg, parse_size};
 pub struct ImportArgs {
     /// What to import (see above).
     pub source: String,
+    #[command(flatten)]
+    pub flags: ImportFlags,
+}
+
+/// The options of `import` and `pull`.
+#[derive(Args, Debug)]
+pub struct ImportFlags {
     /// Name to give the image in the store (moving the tag if it named another image).
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
@@ -58,6 +71,8 @@ pub struct ImportArgs {
     /// Do not flush to disk before naming objects (faster; for throwaway stores).
     #[arg(long)]
     pub no_sync: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Serialize)]
@@ -71,6 +86,9 @@ struct Report<'a> {
     files: u64,
     bytes: u64,
     new_objects: usize,
+    reused_layers: usize,
+    fetched_bytes: u64,
+    reused_image: bool,
 }
 
 pub fn run(args: ImportArgs) -> Result<()> {
@@ -78,30 +96,36 @@ pub fn run(args: ImportArgs) -> Result<()> {
         .source
         .parse()
         .map_err(|e| UsageError(format!("{e}")))?;
-    let tag = args.tag.clone().or_else(|| source.tag().map(str::to_owned));
+    run_source(&source, &args.flags)
+}
+
+/// Imports `source` as the flags say and prints the result.
+pub fn run_source(source: &Source, flags: &ImportFlags) -> Result<()> {
+    let tag = flags.tag.clone().or_else(|| source.tag());
     if let Some(t) = &tag {
         imgmount_format::store::validate_tag(t).map_err(UsageError)?;
     }
-    let store = args.store.create()?.with_fsync(!args.no_sync);
+    let store = flags.store.create()?.with_fsync(!flags.no_sync);
     let before = tag_target(&store, tag.as_deref())?;
     let opts = ImportOptions {
         tag,
-        hash: args.hash,
+        hash: flags.hash,
         limits: Limits {
-            max_bytes: args.max_size,
-            max_entries: args.max_entries,
+            max_bytes: flags.max_size,
+            max_entries: flags.max_entries,
         },
+        registry: flags.registry.options(),
     };
-    let mut progress = Bars::new(std::io::stdout().is_terminal() && !args.json);
-    let imported = oci::import(&store, &source, &opts, &mut progress)
+    let mut progress = Bars::new(std::io::stdout().is_terminal() && !flags.json);
+    let imported = oci::import(&store, source, &opts, &mut progress)
         .with_context(|| format!("importing {source}"));
     progress.finish();
     let imported = imported?;
     let moved_from = before.filter(|d| *d != imported.digest);
-    if let (Some(old), Some(t), false) = (&moved_from, &imported.tag, args.json) {
+    if let (Some(old), Some(t), false) = (&moved_from, &imported.tag, flags.json) {
         eprintln!("imgmount: tag {t} moved from {old} to {}", imported.digest);
     }
-    if args.json {
+    if flags.json {
         let report = Report {
             digest: imported.digest.to_string(),
             image: imported.image_path.display().to_string(),
@@ -111,6 +135,9 @@ pub fn run(args: ImportArgs) -> Result<()> {
             files: imported.files,
             bytes: imported.bytes,
             new_objects: imported.new_objects,
+            reused_layers: imported.reused_layers,
+            fetched_bytes: imported.fetched_bytes,
+            reused_image: imported.reused_image,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -122,13 +149,18 @@ pub fn run(args: ImportArgs) -> Result<()> {
 /// Imports with default options and no output: for commands that accept a
 /// SOURCE where an image is expected. Also returns the image the source's tag named
 /// before, if the import moved it.
-pub fn import_quietly(store: &ObjectStore, source: &Source) -> Result<(Imported, Option<Digest>)> {
+pub fn import_quietly(
+    store: &ObjectStore,
+    source: &Source,
+    registry: &RegistryArgs,
+) -> Result<(Imported, Option<Digest>)> {
     let opts = ImportOptions {
-        tag: source.tag().map(str::to_owned),
+        tag: source.tag(),
+        registry: registry.options(),
         ..ImportOptions::default()
     };
     let before = tag_target(store, opts.tag.as_deref())?;
-    let imported = oci::import(store, source, &opts, &mut oci::import::NoProgress)
+    let imported = oci::import(store, source, &opts, &mut Quiet)
         .with_context(|| format!("importing {source}"))?;
     let moved_from = before.filter(|d| *d != imported.digest);
     Ok((imported, moved_from))
@@ -142,9 +174,30 @@ fn tag_target(store: &ObjectStore, tag: Option<&str>) -> Result<Option<Digest>> 
     }
 }
 
-/// Progress bars on a terminal: one for layers, one for bytes and files.
+/// No progress, but a record the store could not use is worth a word.
+struct Quiet;
+
+impl ImportProgress for Quiet {
+    fn record_rejected(&mut self, name: &str, why: &str) {
+        warn_rejected(name, why);
+    }
+}
+
+fn warn_rejected(name: &str, why: &str) {
+    eprintln!(
+        "imgmount: warning: the store's record of layer {name} is unusable ({why}); reading its blob instead"
+    );
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Progress bars on a terminal: layers, bytes stored and, for a pull, bytes
+/// downloaded.
 struct Bars {
     bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
+    download: Option<ProgressBar>,
     files: u64,
 }
 
@@ -153,22 +206,18 @@ impl Bars {
         if !show {
             return Bars {
                 bars: None,
+                download: None,
                 files: 0,
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let layers = multi.add(ProgressBar::new(0));
-        layers.set_style(
-            ProgressStyle::with_template("layer {pos}/{len} {wide_msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        layers.set_style(style("layer {pos}/{len} {wide_msg}"));
         let bytes = multi.add(ProgressBar::new(0));
-        bytes.set_style(
-            ProgressStyle::with_template("{bytes:>10} stored {msg} {bytes_per_sec}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        bytes.set_style(style("{bytes:>10} stored {msg} {bytes_per_sec}"));
         Bars {
             bars: Some((multi, layers, bytes)),
+            download: None,
             files: 0,
         }
     }
@@ -178,16 +227,43 @@ impl Bars {
             layers.finish_and_clear();
             bytes.finish_and_clear();
         }
+        if let Some(d) = &self.download {
+            d.finish_and_clear();
+        }
     }
+
+    fn set_layer(&self, index: usize, count: usize, message: String) {
+        if let Some((_, layers, _)) = &self.bars {
+            layers.set_length(count as u64);
+            layers.set_position(index as u64 + 1);
+            layers.set_message(message);
+        }
+    }
+}
+
+fn short(name: &str) -> String {
+    name.chars().take(19).collect()
 }
 
 impl ImportProgress for Bars {
     fn layer(&mut self, index: usize, count: usize, name: &str, size: u64) {
-        if let Some((_, layers, _)) = &self.bars {
-            layers.set_length(count as u64);
-            layers.set_position(index as u64 + 1);
-            let short: String = name.chars().take(19).collect();
-            layers.set_message(format!("{short}… ({})", indicatif::HumanBytes(size)));
+        let message = format!("{}… ({})", short(name), indicatif::HumanBytes(size));
+        self.set_layer(index, count, message);
+    }
+
+    fn layer_reused(&mut self, index: usize, count: usize, name: &str) {
+        self.set_layer(index, count, format!("{}… (in the store)", short(name)));
+    }
+
+    fn record_rejected(&mut self, name: &str, why: &str) {
+        match &self.bars {
+            Some((multi, _, _)) => {
+                let _ = multi.println(format!(
+                    "warning: the store's record of layer {name} is unusable ({why}); \
+                     reading its blob instead"
+                ));
+            }
+            None => warn_rejected(name, why),
         }
     }
 
@@ -199,5 +275,19 @@ impl ImportProgress for Bars {
                 bytes.set_message(format!("in {} files", self.files));
             }
         }
+    }
+
+    fn downloads(&mut self, count: usize, total: u64) -> Option<DownloadMeter> {
+        let (multi, _, _) = self.bars.as_ref()?;
+        if count == 0 {
+            return None;
+        }
+        let bar = multi.add(ProgressBar::new(total));
+        bar.set_style(style(
+            "{bytes:>10}/{total_bytes} downloaded, {msg} {bytes_per_sec} {wide_bar}",
+        ));
+        bar.set_message(format!("{count} blobs"));
+        self.download = Some(bar.clone());
+        Some(Arc::new(move |n| bar.set_position(n)))
     }
 }

@@ -9,6 +9,7 @@ use imgmount_format::erofs::reader::Image;
 use imgmount_format::tree::{Directory, LeafContent, Node, RegularFile, Tree};
 use serde::Serialize;
 
+use super::registry_args::RegistryArgs;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 
 /// List the entries of a directory inside an image, as a mount would show them.
@@ -32,6 +33,8 @@ pub struct LsArgs {
     pub json: bool,
     #[command(flatten)]
     pub store: StoreArg,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// One listed entry, as `--json` prints it.
@@ -56,7 +59,7 @@ struct Entry {
 }
 
 pub fn run(args: LsArgs) -> Result<()> {
-    let found = find_image(&args.store, &args.image)?;
+    let found = find_image(&args.store, &args.image, &args.registry)?;
     let shown = found.path.display();
     let image = Image::open(&found.path).with_context(|| format!("opening {shown}"))?;
     let tree = tree_from_image(&image).with_context(|| format!("reading {shown}"))?;

@@ -17,6 +17,9 @@ pub mod fsck;
 pub mod gc;
 pub mod images;
 pub mod import;
+// Registries (issue #9).
+pub mod pull;
+pub mod registry_args;
 pub mod rm;
 pub mod store_path;
 pub mod tag;

@@ -24,6 +24,7 @@ use imgmount_format::verity::{self, Digest};
 
 use super::daemon_log;
 use super::mountpoint::check_mount_point;
+use super::registry_args::RegistryArgs;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 use crate::fs::session::{self, is_root};
 use crate::fs::{FsOptions, ImgFs};
@@ -105,6 +106,8 @@ pub struct MountArgs {
     /// journal) once detached. Log level from IMGMOUNT_LOG (error, warn, info, debug).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Parses `123`, `64K`, `256M`, `2G` (powers of 1024).
@@ -239,7 +242,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     // A path that exists is an image file; anything else names an image in
     // (or a source to import into) the store, whose objects then serve it.
-    let found = find_image(&args.store, &args.image)?;
+    let found = find_image(&args.store, &args.image, &args.registry)?;
     // The daemon changes directory to `/`: relative paths must not follow it.
     let image_path = session::absolute(&found.path)?;
     let mountpoint = session::absolute(&args.mountpoint)?;

@@ -15,6 +15,8 @@ pub const IMAGE_HELP: &str = "The image: a composefs image file, or from the sto
      digest (sha256:HEX or a unique prefix), or a SOURCE such as oci:./layout:tag (imported \
      into the store first; see `imgmount import`)";
 
+use super::registry_args::RegistryArgs;
+
 /// The `--store` option every store command takes.
 #[derive(Args, Debug, Clone, Default)]
 pub struct StoreArg {
@@ -67,15 +69,20 @@ impl StoreArg {
     }
 }
 
-/// Finds the image file for IMAGE in the store: a tag, a digest, or a SOURCE string,
-/// which is imported first (so `imgmount mount oci:dir:tag MNT` works in one step).
-pub fn resolve_image(store: &StoreArg, spec: &str) -> Result<(ObjectStore, PathBuf)> {
+/// Finds the image file for IMAGE: a tag, a digest, or a SOURCE string, which
+/// is imported first (so `imgmount mount oci:dir:tag MNT` works in one step;
+/// a SOURCE imported before is found again, not imported twice).
+pub fn resolve_image(
+    store: &StoreArg,
+    spec: &str,
+    registry: &RegistryArgs,
+) -> Result<(ObjectStore, PathBuf)> {
     if Source::looks_like_source(spec) {
         let source: Source = spec
             .parse()
             .map_err(|e| super::UsageError(format!("{e}")))?;
         let store = store.create()?;
-        let (imported, moved_from) = super::import::import_quietly(&store, &source)?;
+        let (imported, moved_from) = super::import::import_quietly(&store, &source, registry)?;
         let tag = match (imported.tag.as_deref(), moved_from) {
             (Some(t), Some(old)) => format!(", tagged {t} (moved from {old})"),
             (Some(t), None) => format!(", tagged {t}"),
@@ -124,7 +131,7 @@ pub struct FoundImage {
 
 /// Finds IMAGE as every command taking one does: a path to an image file, else in the
 /// store a tag, a digest or a unique prefix of one, else a SOURCE to import first.
-pub fn find_image(store: &StoreArg, spec: &str) -> Result<FoundImage> {
+pub fn find_image(store: &StoreArg, spec: &str, registry: &RegistryArgs) -> Result<FoundImage> {
     let path = Path::new(spec);
     if path.is_file() {
         return Ok(FoundImage {
@@ -135,7 +142,7 @@ pub fn find_image(store: &StoreArg, spec: &str) -> Result<FoundImage> {
     if path.is_dir() {
         bail!("{spec} is a directory, not an image file (for a root filesystem: dir:{spec})");
     }
-    let (store, path) = resolve_image(store, spec)?;
+    let (store, path) = resolve_image(store, spec, registry)?;
     Ok(FoundImage {
         path,
         objects: store.objects_dir().to_owned(),
