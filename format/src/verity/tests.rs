@@ -507,6 +507,27 @@ proptest! {
         }
     }
 
+    /// The batched block hash, interleaved where this CPU allows and with the fallback, gives
+    /// the plain per-block hash for any number of blocks (odd counts leave a remainder).
+    #[test]
+    fn batched_hashes_match_single_ones(
+        seed in any::<u64>(),
+        blocks in 0usize..2 * HASH_BATCH + 3,
+    ) {
+        let data = random_bytes(seed, blocks * BLOCK_SIZE);
+        for alg in [HashAlg::Sha256, HashAlg::Sha512] {
+            for ni in [sha256x2::Sha256Ni::detect(), None] {
+                let mut out = vec![[0xa5; MAX_DIGEST_LEN]; blocks];
+                alg.hash_blocks_with(ni, &data, &mut out);
+                let len = alg.digest_len();
+                for (i, block) in data.chunks(BLOCK_SIZE).enumerate() {
+                    let want = alg.hash_block(block);
+                    prop_assert_eq!(&out[i][..len], &want[..len], "{} block {} {:?}", alg, i, ni);
+                }
+            }
+        }
+    }
+
     #[test]
     fn garbage_trees_never_panic(
         alg_is_sha512 in any::<bool>(),
