@@ -342,20 +342,20 @@ impl Objects {
                 source,
             }
         })?;
-        for (i, data) in out[at..].chunks(BLOCK_SIZE).enumerate() {
-            let block = start / bs + i as u64;
-            if let Err(source) = tree.verify_data_block(block, data) {
-                let err = ReadError::Verify {
-                    name: obj.name.clone(),
-                    offset: block * bs,
-                    source,
-                };
-                log::error!("{err}");
-                out.truncate(at);
-                return Err(err);
-            }
-        }
-        Ok(())
+        let Err(source) = tree.verify_data_blocks(start / bs, &out[at..]) else {
+            return Ok(());
+        };
+        // Name the exact block that is bad, as block-by-block checking finds it.
+        let err = bad_blocks(obj, tree, start, &out[at..]).next().map_or_else(
+            || ReadError::Verify {
+                name: obj.name.clone(),
+                offset: start,
+                source,
+            },
+            |(_, err)| err,
+        );
+        out.truncate(at);
+        Err(err)
     }
 
     /// Reads `start..stop` (segment `seg`) and verifies each of its blocks; returns the data
@@ -380,22 +380,38 @@ impl Objects {
         // hashes right only if zeros are the right bytes.
         buf[n..].fill(0);
         let mut bad = 0u16;
-        for (i, data) in buf.chunks(BLOCK_SIZE).enumerate() {
-            let block = start / bs + i as u64;
-            if let Err(source) = tree.verify_data_block(block, data) {
-                log::error!(
-                    "{}",
-                    ReadError::Verify {
-                        name: obj.name.clone(),
-                        offset: block * bs,
-                        source,
-                    }
-                );
+        if tree.verify_data_blocks(start / bs, &buf).is_err() {
+            for (i, _) in bad_blocks(obj, tree, start, &buf) {
                 bad |= 1 << i;
             }
         }
         Ok((buf, bad))
     }
+}
+
+/// The blocks of `data` (read at `start`) that fail verification one by one, each logged
+/// with the object and its offset, with their index in `data`. This is the slow path, taken
+/// only once a run of blocks has failed, to say exactly which blocks are bad.
+fn bad_blocks<'a>(
+    obj: &'a Object,
+    tree: &'a MerkleTree,
+    start: u64,
+    data: &'a [u8],
+) -> impl Iterator<Item = (usize, ReadError)> + 'a {
+    let bs = BLOCK_SIZE as u64;
+    data.chunks(BLOCK_SIZE)
+        .enumerate()
+        .filter_map(move |(i, block_data)| {
+            let block = start / bs + i as u64;
+            let source = tree.verify_data_block(block, block_data).err()?;
+            let err = ReadError::Verify {
+                name: obj.name.clone(),
+                offset: block * bs,
+                source,
+            };
+            log::error!("{err}");
+            Some((i, err))
+        })
 }
 
 /// Appends `len` bytes read at `offset` to `out`, without zeroing the space first: `pread`
