@@ -127,18 +127,21 @@ impl HashAlg {
         out
     }
 
-    /// Hashes each whole block of `data` as one block, into `out` in order: `data` is
-    /// exactly `out.len()` blocks. SHA-256 on a CPU with the SHA extensions hashes several
-    /// blocks at once (interleaved, see `sha256x2`); otherwise, and for SHA-512, one by one.
-    pub(crate) fn hash_blocks(self, data: &[u8], out: &mut [HashBuf]) {
+    /// Hashes each whole [`BLOCK_SIZE`]-byte block of `data` as an fs-verity data or tree
+    /// block, into `out` in order (the first [`HashAlg::digest_len`] bytes of each entry), for
+    /// as many blocks as both hold. This is the bulk of building or checking a Merkle tree:
+    /// SHA-256 on a CPU with the SHA extensions hashes two blocks at once, interleaved;
+    /// otherwise, and for SHA-512, blocks are hashed one by one with `sha2`.
+    pub fn hash_blocks(self, data: &[u8], out: &mut [[u8; MAX_DIGEST_LEN]]) {
         self.hash_blocks_with(sha256x2::Sha256Ni::detect(), data, out);
     }
 
     /// [`HashAlg::hash_blocks`] with the SHA-NI code given or not, so tests can check the
     /// fallback on any CPU.
     fn hash_blocks_with(self, ni: Option<sha256x2::Sha256Ni>, data: &[u8], out: &mut [HashBuf]) {
-        let (blocks, rest) = data.as_chunks::<BLOCK_SIZE>();
-        debug_assert!(rest.is_empty() && blocks.len() == out.len());
+        let (blocks, _) = data.as_chunks::<BLOCK_SIZE>();
+        let n = blocks.len().min(out.len());
+        let (blocks, out) = (&blocks[..n], &mut out[..n]);
         let mut done = 0;
         if self == HashAlg::Sha256
             && let Some(ni) = ni
