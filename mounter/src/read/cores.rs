@@ -107,7 +107,11 @@ impl CpuSample {
     }
 }
 
-/// The cores to spare between two samples, rounded to the nearest, from 1 to `cores`.
+/// The cores to spare between two samples, from 1 to `cores`. A core counts only if other
+/// programs at our priority used at most a quarter of it: a helper that shares its core
+/// with another program gets preempted mid-part, and the reply waits for it. (Rounding to
+/// the nearest core instead fed on itself: a helper that got half a core made this
+/// process's own time 1.5 cores, which rounded up to 2, so it kept splitting.)
 fn cores_to_spare(prev: &CpuSample, now: &CpuSample, cores: usize) -> usize {
     let total = now.total.saturating_sub(prev.total);
     if total == 0 || now.cpus == 0 {
@@ -121,7 +125,7 @@ fn cores_to_spare(prev: &CpuSample, now: &CpuSample, cores: usize) -> usize {
     }
     // `total` is cpus x ticks-per-CPU: this many ticks of spare time make one core.
     let spare_cores = spare as f64 * now.cpus as f64 / total as f64;
-    (spare_cores.round() as usize).clamp(1, cores.max(1))
+    ((spare_cores + 0.25).floor() as usize).clamp(1, cores.max(1))
 }
 
 #[cfg(test)]
@@ -174,6 +178,10 @@ mod tests {
         assert_eq!(cores_to_spare(&prev, &sample(200, 100, 0, 100, 0), 2), 2);
         // One running us, the other someone else at our priority: 1.
         assert_eq!(cores_to_spare(&prev, &sample(200, 0, 0, 100, 0), 2), 1);
+        // Our helper got half the other core, someone else the rest: still 1.
+        assert_eq!(cores_to_spare(&prev, &sample(200, 0, 0, 150, 0), 2), 1);
+        // Others use a little of the machine: 2.
+        assert_eq!(cores_to_spare(&prev, &sample(200, 85, 0, 100, 0), 2), 2);
         // ... but niced below us: 2; not if we are niced as well (our ticks are niced then).
         assert_eq!(cores_to_spare(&prev, &sample(200, 0, 100, 100, 0), 2), 2);
         assert_eq!(cores_to_spare(&prev, &sample(200, 0, 200, 100, 10), 2), 1);
