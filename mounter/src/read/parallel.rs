@@ -18,10 +18,12 @@ use imgmount_format::verity::{BLOCK_SIZE, MerkleTree, VerityError};
 
 use super::cores::CoreGauge;
 
-/// The smallest part worth handing to another thread. Measured on AMD EPYC (2 cores, SHA-NI,
-/// machine shared; `cargo bench --bench read_path -- parallel`): splitting a 128 KiB run in
-/// two gains little over hashing it alone (a helper's wake-up is tens of microseconds, the
-/// whole run about 50); from 256 KiB (two 128 KiB parts) the split pays.
+/// The smallest part worth handing to another thread, so runs of twice this are split.
+/// Measured on AMD EPYC (2 cores, SHA-NI, other builds idling; best of 5, verification alone,
+/// one core against two): 64 KiB 24 us against 27-30 (the helper's wake-up costs more than
+/// it saves), 128 KiB 44-46 against 35-44, 256 KiB 84-111 against 59-82, 512 KiB 172-181
+/// against 105-138, 1 MiB 340-373 against 202-230. Through `Objects::read` (`cargo bench
+/// --bench read_path -- split`), a 1 MiB read went from 382 to 302 us.
 pub const PART_MIN: usize = 128 << 10;
 
 /// Most threads one run is split between, however many cores there are.
