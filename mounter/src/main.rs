@@ -1,13 +1,11 @@
 //! `imgmount`: mount composefs images with every byte verified.
 //!
 //! This file only parses the command line and dispatches; each subcommand lives
-//! in its own file under `cli/`.
-
-mod cli;
-mod fs;
-mod read;
+//! in its own file under `cli/` of the library crate.
 
 use std::process::ExitCode;
+
+use imgmount::cli;
 
 use clap::{CommandFactory, Parser, Subcommand};
 

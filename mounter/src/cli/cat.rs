@@ -10,7 +10,7 @@ use clap::Args;
 use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::erofs::format::FileType;
 use imgmount_format::erofs::reader::Image;
-use imgmount_format::verity::{Digest, merkle_tree_file};
+use imgmount_format::verity::{Digest, VerityError, merkle_tree_file};
 
 use super::registry_args::RegistryArgs;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
@@ -144,10 +144,12 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
         let len = (size - off).min(CHUNK) as usize;
         file.read_exact_at(&mut buf[..len], off)
             .with_context(|| format!("reading object {} at {off}", object.display()))?;
-        for (i, block) in buf[..len].chunks(4096).enumerate() {
-            let at = off + i as u64 * 4096;
-            tree.verify_data_block(at / 4096, block)
-                .with_context(|| format!("object {} at offset {at}", object.display()))?;
+        if let Err(e) = tree.verify_data_blocks(off / 4096, &buf[..len]) {
+            let at = match e {
+                VerityError::DataBlockMismatch { block } => block * 4096,
+                _ => off,
+            };
+            return Err(e).with_context(|| format!("object {} at offset {at}", object.display()));
         }
         out.write_all(&buf[..len])?;
         off += len as u64;

@@ -267,6 +267,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         mode: args.verity,
         cache_bytes: args.cache_size,
         keep_open: 512,
+        verify_threads: 0,
     });
     let fs = ImgFs::new(
         image,

@@ -126,7 +126,9 @@ impl ImgFs {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, Errno> {
+    /// The attributes of `name` in the directory `parent`, or `None` if there is no such
+    /// entry: what a FUSE LOOKUP answers (public for benchmarks).
+    pub fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, Errno> {
         let dir = self.inode(parent)?;
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -146,6 +148,11 @@ impl ImgFs {
             return Ok(None);
         }
         Ok(Some(view::attr(&inode, self.inos.ino(e.nid))))
+    }
+
+    /// The attributes of inode `ino`: what a FUSE GETATTR answers (public for benchmarks).
+    pub fn do_getattr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+        Ok(view::attr(&self.inode(ino)?, ino))
     }
 
     /// Opens a file: external files get a handle holding their object (registered for
@@ -311,8 +318,8 @@ impl Filesystem for ImgFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(ino) {
-            Ok(inode) => reply.attr(&TTL, &view::attr(&inode, ino)),
+        match self.do_getattr(ino) {
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }

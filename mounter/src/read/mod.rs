@@ -13,7 +13,9 @@
 //! and offset; the object stays open and its other blocks keep being served.
 
 pub mod cache;
+pub mod cores;
 pub mod kernel;
+pub mod parallel;
 pub mod sidecar;
 
 use std::collections::HashMap;
@@ -32,6 +34,7 @@ use lru::LruCache;
 
 use cache::{BlockCache, SEGMENT};
 use kernel::{Measured, Strategy};
+use parallel::ParallelVerifier;
 use sidecar::Sidecars;
 
 /// How much checking `--verity` asks for.
@@ -86,6 +89,9 @@ pub struct ReadConfig {
     pub cache_bytes: u64,
     /// How many opened objects (file and tree) are kept after their last close.
     pub keep_open: usize,
+    /// Cores one large read may be verified on (0: all of them, 1: only the FUSE thread
+    /// serving it); see [`parallel`].
+    pub verify_threads: usize,
 }
 
 /// How one open object's reads are checked.
@@ -136,6 +142,7 @@ pub struct Objects {
     cfg: ReadConfig,
     sidecars: Sidecars,
     blocks: BlockCache,
+    verifier: ParallelVerifier,
     /// Recently opened objects, so reopening a file costs neither an open nor a tree load.
     recent: Mutex<LruCache<ObjectKey, Arc<Object>>>,
     ids: Mutex<HashMap<ObjectKey, u64>>,
@@ -148,6 +155,7 @@ impl Objects {
         Objects {
             sidecars: Sidecars::new(cfg.sidecar_dir.clone()),
             blocks: BlockCache::new(cfg.cache_bytes, SEGMENT),
+            verifier: ParallelVerifier::new(cfg.verify_threads),
             recent: Mutex::new(LruCache::new(keep)),
             ids: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -277,24 +285,32 @@ impl Objects {
         out: &mut Vec<u8>,
     ) -> Result<(), ReadError> {
         let seg = SEGMENT as u64;
+        // Whole segments not in the cache, consecutive, not yet read: `start..stop`.
+        let mut run: Option<(u64, u64)> = None;
         for s in offset / seg..end.div_ceil(seg) {
             let start = s * seg;
             let stop = (start + seg).min(obj.size);
             let a = (offset.max(start) - start) as usize;
             let b = (end.min(stop) - start) as usize;
-            if let Some(d) = self.blocks.get(&(obj.id, s))
-                && d.len() as u64 == stop - start
-            {
-                out.extend_from_slice(&d[a..b]);
-                continue;
-            }
-            if a == 0 && b as u64 == stop - start {
-                // The request wants the whole segment: read it straight into the reply and
-                // verify it there. It is not cached: the kernel keeps it in the page cache
+            let cached = self
+                .blocks
+                .get(&(obj.id, s))
+                .filter(|d| d.len() as u64 == stop - start);
+            if cached.is_none() && a == 0 && b as u64 == stop - start {
+                // The request wants the whole segment: it joins the run read straight into
+                // the reply and verified there, with one pread and, when the run is large,
+                // on several cores. It is not cached: the kernel keeps it in the page cache
                 // (FOPEN_KEEP_CACHE), so a sequential read never asks for it again, and
                 // copying every segment of a large read into the cache (evicting others)
                 // costs more than hashing the rare segment asked for twice.
-                self.read_segment_into(obj, tree, start, stop, out)?;
+                run = Some((run.map_or(start, |(from, _)| from), stop));
+                continue;
+            }
+            if let Some((from, to)) = run.take() {
+                self.read_run_into(obj, tree, from, to, out)?;
+            }
+            if let Some(d) = cached {
+                out.extend_from_slice(&d[a..b]);
                 continue;
             }
             let (data, bad) = self.read_segment(obj, tree, s, start, stop)?;
@@ -320,12 +336,15 @@ impl Objects {
             out.extend_from_slice(&data[a..b]);
             self.blocks.recycle(&(obj.id, s), data);
         }
+        if let Some((from, to)) = run {
+            self.read_run_into(obj, tree, from, to, out)?;
+        }
         Ok(())
     }
 
-    /// Appends `start..stop` (one whole segment) to `out`, read and verified there; on a
+    /// Appends `start..stop` (whole segments) to `out`, read and verified there; on a
     /// failed block (logged with object and offset) `out` is left as it was.
-    fn read_segment_into(
+    fn read_run_into(
         &self,
         obj: &Object,
         tree: &MerkleTree,
@@ -342,21 +361,20 @@ impl Objects {
                 source,
             }
         })?;
-        for (i, data) in out[at..].chunks(BLOCK_SIZE).enumerate() {
-            let block = start / bs + i as u64;
-            if let Err(source) = tree.verify_data_block(block, data) {
-                let err = ReadError::Verify {
-                    name: obj.name.clone(),
-                    offset: block * bs,
-                    source,
-                };
-                // The filesystem logs the refusal with the file's path; this is detail.
-                log::debug!("{err}");
-                out.truncate(at);
-                return Err(err);
-            }
-        }
-        Ok(())
+        let Err(source) = self.verifier.verify(tree, start / bs, &out[at..]) else {
+            return Ok(());
+        };
+        // Name the exact block that is bad, as block-by-block checking finds it.
+        let err = bad_blocks(obj, tree, start, &out[at..]).next().map_or_else(
+            || ReadError::Verify {
+                name: obj.name.clone(),
+                offset: start,
+                source,
+            },
+            |(_, err)| err,
+        );
+        out.truncate(at);
+        Err(err)
     }
 
     /// Reads `start..stop` (segment `seg`) and verifies each of its blocks; returns the data
@@ -381,23 +399,39 @@ impl Objects {
         // hashes right only if zeros are the right bytes.
         buf[n..].fill(0);
         let mut bad = 0u16;
-        for (i, data) in buf.chunks(BLOCK_SIZE).enumerate() {
-            let block = start / bs + i as u64;
-            if let Err(source) = tree.verify_data_block(block, data) {
-                // Detail: a request refused because of it is logged by the filesystem.
-                log::debug!(
-                    "{}",
-                    ReadError::Verify {
-                        name: obj.name.clone(),
-                        offset: block * bs,
-                        source,
-                    }
-                );
+        if self.verifier.verify(tree, start / bs, &buf).is_err() {
+            for (i, _) in bad_blocks(obj, tree, start, &buf) {
                 bad |= 1 << i;
             }
         }
         Ok((buf, bad))
     }
+}
+
+/// The blocks of `data` (read at `start`) that fail verification one by one, each logged
+/// with the object and its offset, with their index in `data`. This is the slow path, taken
+/// only once a run of blocks has failed, to say exactly which blocks are bad.
+fn bad_blocks<'a>(
+    obj: &'a Object,
+    tree: &'a MerkleTree,
+    start: u64,
+    data: &'a [u8],
+) -> impl Iterator<Item = (usize, ReadError)> + 'a {
+    let bs = BLOCK_SIZE as u64;
+    data.chunks(BLOCK_SIZE)
+        .enumerate()
+        .filter_map(move |(i, block_data)| {
+            let block = start / bs + i as u64;
+            let source = tree.verify_data_block(block, block_data).err()?;
+            let err = ReadError::Verify {
+                name: obj.name.clone(),
+                offset: block * bs,
+                source,
+            };
+            // The filesystem logs the refusal with the file's path; this is detail.
+            log::debug!("{err}");
+            Some((i, err))
+        })
 }
 
 /// Appends `len` bytes read at `offset` to `out`, without zeroing the space first: `pread`
@@ -482,6 +516,7 @@ mod tests {
             mode,
             cache_bytes: 1 << 20,
             keep_open: 4,
+            verify_threads: 2,
         });
         Fixture {
             _dir: dir,
@@ -491,6 +526,17 @@ mod tests {
             redirect: format!("/{rel}").into_bytes(),
             path,
         }
+    }
+
+    /// Builds the object's sidecar (as a previous mount would have), replaces its content
+    /// with `bad`, and opens it again through a fresh read path.
+    fn tampered(f: &Fixture, bad: &[u8]) -> (Objects, Arc<Object>) {
+        let size = f.data.len() as u64;
+        drop(f.objects.open(&f.redirect, Some(f.digest), size).unwrap());
+        fs::write(&f.path, bad).unwrap();
+        let fresh = Objects::new(f.objects.cfg.clone());
+        let obj = fresh.open(&f.redirect, Some(f.digest), size).unwrap();
+        (fresh, obj)
     }
 
     fn read(f: &Fixture, obj: &Object, off: u64, len: u32) -> Result<Vec<u8>, ReadError> {
@@ -524,19 +570,9 @@ mod tests {
     #[test]
     fn corrupt_block_fails_alone() {
         let f = fixture(VerityMode::Auto, 300_000);
-        // Build the sidecar first, as a previous mount would have.
-        drop(
-            f.objects
-                .open(&f.redirect, Some(f.digest), f.data.len() as u64)
-                .unwrap(),
-        );
         let mut bad = f.data.clone();
         bad[5 * 4096 + 7] ^= 0x10;
-        fs::write(&f.path, &bad).unwrap();
-        let fresh = Objects::new(f.objects.cfg.clone());
-        let obj = fresh
-            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
-            .unwrap();
+        let (fresh, obj) = tampered(&f, &bad);
         let err = read_with(&fresh, &obj, 5 * 4096, 10).unwrap_err();
         assert!(matches!(err, ReadError::Verify { offset, .. } if offset == 5 * 4096));
         assert!(read_with(&fresh, &obj, 4 * 4096, 8192 * 2).is_err());
@@ -553,21 +589,12 @@ mod tests {
     #[test]
     fn whole_segment_reads_are_verified() {
         let f = fixture(VerityMode::Require, 300_000);
-        drop(
-            f.objects
-                .open(&f.redirect, Some(f.digest), f.data.len() as u64)
-                .unwrap(),
-        );
         let seg = SEGMENT as u64;
         let mut bad = f.data.clone();
         bad[(seg + 3 * 4096 + 100) as usize] ^= 0x01;
         // The object is also cut short: its last segment is missing its final bytes.
         bad.truncate(f.data.len() - 10);
-        fs::write(&f.path, &bad).unwrap();
-        let fresh = Objects::new(f.objects.cfg.clone());
-        let obj = fresh
-            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
-            .unwrap();
+        let (fresh, obj) = tampered(&f, &bad);
         // Whole segments, as readahead asks for them.
         assert_eq!(
             read_with(&fresh, &obj, 0, SEGMENT as u32).unwrap(),
@@ -592,6 +619,36 @@ mod tests {
         assert_eq!(
             read_with(&fresh, &obj, 4 * seg, 4096).unwrap(),
             &f.data[4 * SEGMENT..4 * SEGMENT + 4096]
+        );
+    }
+
+    #[test]
+    fn large_reads_split_between_cores_fail_at_the_bad_block() {
+        let f = fixture(VerityMode::Require, 3 << 20);
+        let bad_at = (1 << 20) + (700 << 10) + 5;
+        let mut bad = f.data.clone();
+        bad[bad_at] ^= 0x08;
+        let (fresh, obj) = tampered(&f, &bad);
+        // 1 MiB requests, as the kernel sends them: each split between two threads.
+        assert_eq!(
+            read_with(&fresh, &obj, 0, 1 << 20).unwrap(),
+            &f.data[..1 << 20]
+        );
+        let err = read_with(&fresh, &obj, 1 << 20, 1 << 20).unwrap_err();
+        let block_start = (bad_at / 4096 * 4096) as u64;
+        assert!(
+            matches!(err, ReadError::Verify { offset, .. } if offset == block_start),
+            "{err}"
+        );
+        assert_eq!(
+            read_with(&fresh, &obj, 2 << 20, 1 << 20).unwrap(),
+            &f.data[2 << 20..]
+        );
+        // A request starting mid-segment: the partial head segment, then a run.
+        assert!(read_with(&fresh, &obj, (1 << 20) + 100, 1 << 20).is_err());
+        assert_eq!(
+            read_with(&fresh, &obj, 100, 1 << 20).unwrap(),
+            &f.data[100..(1 << 20) + 100]
         );
     }
 

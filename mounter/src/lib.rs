@@ -1,0 +1,8 @@
+//! The `imgmount` crate: the command line, the FUSE filesystem and the verified read path.
+//!
+//! `main.rs` is only the entry point; everything lives here so that benchmarks and tests can
+//! drive the read path and the filesystem without spawning the binary.
+
+pub mod cli;
+pub mod fs;
+pub mod read;
