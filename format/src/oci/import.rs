@@ -102,6 +102,10 @@ pub fn import(
     progress: &mut dyn ImportProgress,
 ) -> Result<Imported, OciError> {
     let _lock = store.lock_shared()?;
+    // A tag that cannot be created fails the import before anything is stored.
+    if let Some(tag) = &opts.tag {
+        store.check_tag_free(tag)?;
+    }
     let mut staging = store.staging(opts.hash)?;
     let mut files = 0;
     let mut bytes = 0;
@@ -176,10 +180,20 @@ pub fn import(
     // Everything checked: now, and only now, the store changes. Content that
     // later layers removed is left behind with the staging directory.
     let referenced = referenced_digests(&tree);
-    let new_objects = staging.commit_only(|d| referenced.contains(d))?;
-    let digest = store.add_image(&image, opts.hash)?;
     if let Some(tag) = &opts.tag {
-        store.set_ref(tag, &digest)?;
+        store.check_tag_free(tag)?;
+    }
+    let new_objects = staging.commit_only(|d| referenced.contains(d))?;
+    let (digest, written) = store.add_image_reporting(&image, opts.hash)?;
+    if let Some(tag) = &opts.tag
+        && let Err(e) = store.set_ref(tag, &digest)
+    {
+        // Someone made the tag impossible meanwhile: take back the image this import added
+        // (its objects are unreferenced now, and gc's to remove).
+        if written {
+            let _ = store.remove_image(&digest);
+        }
+        return Err(e.into());
     }
     Ok(Imported {
         image_path: store.image_path(&digest),
