@@ -256,6 +256,27 @@ fn read_exactly(file: &File, len: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Reads an open file from an offset with `pread`, leaving its shared file offset alone
+/// (the file may be shared with other readers). Bound it with `Read::take`.
+pub struct PositionedReader<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl<'a> PositionedReader<'a> {
+    pub fn new(file: &'a File, pos: u64) -> Self {
+        PositionedReader { file, pos }
+    }
+}
+
+impl Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Opens a file a user named (an OCI blob, an index.json), following symlinks as any tool
 /// would, but never blocking on a FIFO and never accepting anything but a regular file.
 pub fn open_regular(path: &Path, expect: Expect) -> io::Result<File> {

@@ -10,7 +10,9 @@ use clap::Args;
 use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::erofs::format::FileType;
 use imgmount_format::erofs::reader::Image;
-use imgmount_format::verity::{Digest, merkle_tree_file};
+use imgmount_format::store::MAX_IMAGE_SIZE;
+use imgmount_format::store::fsops::{self, Dir, Expect, PositionedReader};
+use imgmount_format::verity::{Digest, merkle_tree_reader};
 
 use crate::read::VerityMode;
 
@@ -38,8 +40,11 @@ pub struct CatArgs {
 }
 
 pub fn run(args: CatArgs) -> Result<()> {
-    let image =
-        Image::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
+    // Read whole, not mapped: a file truncated meanwhile must not fault us.
+    let image = fsops::read_regular(&args.image, MAX_IMAGE_SIZE)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| Image::from_bytes(b).map_err(anyhow::Error::from))
+        .with_context(|| format!("opening {}", args.image.display()))?;
     let inode = image
         .lookup_path(args.path.as_bytes())
         .with_context(|| format!("looking up {} in {}", args.path, args.image.display()))?
@@ -78,6 +83,11 @@ pub fn run(args: CatArgs) -> Result<()> {
                 )
             })?;
             let object = objects.join(rel);
+            // The object: a regular file of the size the image gives, never through a
+            // symlink below --objects, never a FIFO or device.
+            let file = Dir::open(objects)
+                .and_then(|d| d.open_file(rel, Expect::Size(inode.size())))
+                .with_context(|| format!("opening object {}", object.display()))?;
             let digest = image.metacopy(&inode)?.flatten();
             match (digest, args.verity) {
                 (None, VerityMode::Require) => {
@@ -87,9 +97,9 @@ pub fn run(args: CatArgs) -> Result<()> {
                     )
                 }
                 (Some(d), VerityMode::Require | VerityMode::Auto) => {
-                    copy_verified(&object, d, inode.size(), &mut out)?
+                    copy_verified(&file, &object, d, inode.size(), &mut out)?
                 }
-                _ => copy_unverified(&object, inode.size(), &mut out)?,
+                _ => copy_unverified(file, &object, inode.size(), &mut out)?,
             }
         }
     }
@@ -97,11 +107,18 @@ pub fn run(args: CatArgs) -> Result<()> {
     Ok(())
 }
 
-/// Copies an object after checking it against `digest`: the Merkle tree is built
-/// and compared with the digest first, then each block is checked against the
-/// tree as it is read again, so a file changed between the passes is caught too.
-fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write) -> Result<()> {
-    let tree = merkle_tree_file(digest.alg(), object)
+/// Copies an object after checking it against `digest`: the Merkle tree is built from
+/// the first `size` bytes and compared with the digest first, then each block is checked
+/// against the tree as it is read again, so a file changed between the passes is caught too.
+fn copy_verified(
+    file: &File,
+    object: &Path,
+    digest: Digest,
+    size: u64,
+    out: &mut impl Write,
+) -> Result<()> {
+    let first_pass = PositionedReader::new(file, 0).take(size);
+    let tree = merkle_tree_reader(digest.alg(), first_pass)
         .with_context(|| format!("reading object {}", object.display()))?;
     if tree.digest() != digest {
         bail!(
@@ -110,15 +127,6 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
             tree.digest()
         );
     }
-    if tree.data_size() != size {
-        bail!(
-            "object {} has {} bytes but the image says {size}",
-            object.display(),
-            tree.data_size()
-        );
-    }
-    let file =
-        File::open(object).with_context(|| format!("opening object {}", object.display()))?;
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
@@ -137,9 +145,7 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
     Ok(())
 }
 
-fn copy_unverified(object: &Path, size: u64, out: &mut impl Write) -> Result<()> {
-    let file =
-        File::open(object).with_context(|| format!("opening object {}", object.display()))?;
+fn copy_unverified(file: File, object: &Path, size: u64, out: &mut impl Write) -> Result<()> {
     let copied = io::copy(&mut file.take(size), out)?;
     if copied != size {
         bail!(

@@ -21,6 +21,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use fuser::{Config, Session, SessionACL};
 use imgmount_format::erofs::reader::Image;
+use imgmount_format::store::MAX_IMAGE_SIZE;
+use imgmount_format::store::fsops;
 use imgmount_format::verity::{self, Digest};
 
 use super::store_path::{StoreArg, resolve_image};
@@ -189,21 +191,43 @@ fn default_objects(image: &Path) -> PathBuf {
     }
 }
 
-/// Opens the image; with a pinned digest, reads it whole and checks the bytes that will be
-/// used (so nothing can swap the file between the check and the use).
+/// Reads an image file whole (never mapped: a file truncated under the daemon must not
+/// fault it) and, with a pinned digest, checks the bytes that will be used (so nothing can
+/// swap the file between the check and the use).
 fn open_image(path: &Path, pin: Option<&Digest>) -> anyhow::Result<Image> {
-    let Some(expected) = pin else {
-        return Image::open(path).with_context(|| format!("opening image {}", path.display()));
-    };
-    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-    let actual = verity::digest_bytes(expected.alg(), &bytes);
-    if actual != *expected {
+    let bytes = fsops::read_regular(path, MAX_IMAGE_SIZE)
+        .with_context(|| format!("reading image {}", path.display()))?;
+    if let Some(expected) = pin {
+        let actual = verity::digest_bytes(expected.alg(), &bytes);
+        check_pin(path, &actual, expected)?;
+    }
+    Image::from_bytes(bytes).with_context(|| format!("opening image {}", path.display()))
+}
+
+fn check_pin(path: &Path, actual: &Digest, expected: &Digest) -> anyhow::Result<()> {
+    if actual != expected {
         bail!(
             "image {} has fs-verity digest {actual}, but --digest requires {expected}; refusing to mount",
             path.display()
         );
     }
-    Image::from_bytes(bytes).with_context(|| format!("opening image {}", path.display()))
+    Ok(())
+}
+
+/// How many object files the daemon may keep open: half of what the (raised) descriptor
+/// limit leaves after a margin for FUSE, logs and sidecars.
+fn open_file_budget() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    };
+    (limit.saturating_sub(256) / 2).clamp(16, 1 << 16) as usize
 }
 
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
@@ -213,15 +237,16 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     // A path that exists is an image file; anything else names an image in
     // (or a source to import into) the store, whose objects then serve it.
-    let (image_path, store_objects) = if Path::new(&args.image).is_file() {
-        (session::absolute(Path::new(&args.image))?, None)
+    let (image_path, store_objects, stored) = if Path::new(&args.image).is_file() {
+        (session::absolute(Path::new(&args.image))?, None, None)
     } else {
-        let (store, path) = resolve_image(&args.store, &args.image)
+        let (store, stored) = resolve_image(&args.store, &args.image)
             .with_context(|| format!("finding image {:?}", args.image))?;
         // The daemon changes directory to `/`: a relative --store must not follow it.
         (
-            session::absolute(&path)?,
+            session::absolute(&stored.path)?,
             Some(session::absolute(store.objects_dir())?),
+            Some(stored),
         )
     };
     let mountpoint = session::absolute(&args.mountpoint)?;
@@ -236,13 +261,25 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         Some(p) => session::absolute(p)?,
         None => crate::read::sidecar::Sidecars::default_dir(&objects_dir),
     };
-    let image = open_image(&image_path, args.digest.as_ref())?;
+    let image = match stored {
+        // Read and checked against its name already: the daemon keeps these bytes.
+        Some(stored) => {
+            if let Some(pin) = &args.digest {
+                check_pin(&image_path, &stored.digest, pin)?;
+            }
+            Image::from_bytes(stored.bytes)
+                .with_context(|| format!("opening image {}", image_path.display()))?
+        }
+        None => open_image(&image_path, args.digest.as_ref())?,
+    };
+    session::raise_nofile_limit();
     let objects = Objects::new(ReadConfig {
         objects_dir,
         sidecar_dir,
         mode: args.verity,
         cache_bytes: args.cache_size,
         keep_open: 512,
+        open_files: open_file_budget(),
     });
     let fs = ImgFs::new(
         image,
@@ -251,7 +288,6 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             passthrough: is_root() && args.verity != VerityMode::Off,
         },
     );
-    session::raise_nofile_limit();
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use imgmount_format::oci::Source;
-use imgmount_format::store::ObjectStore;
+use imgmount_format::store::{ObjectStore, StoredImage};
 
 /// The `--store` option every store command takes.
 #[derive(Args, Debug, Clone, Default)]
@@ -61,21 +61,23 @@ impl StoreArg {
     }
 }
 
-/// Finds the image file for IMAGE: a tag, a digest, or a SOURCE string, which
-/// is imported first (so `imgmount mount oci:dir:tag MNT` works in one step).
-pub fn resolve_image(store: &StoreArg, spec: &str) -> Result<(ObjectStore, PathBuf)> {
+/// Finds the image IMAGE names: a tag, a digest, or a SOURCE string, which is
+/// imported first (so `imgmount mount oci:dir:tag MNT` works in one step). The
+/// image is read whole and checked against its digest: what the caller gets is
+/// the bytes its name promises, whatever was done to the store.
+pub fn resolve_image(store: &StoreArg, spec: &str) -> Result<(ObjectStore, StoredImage)> {
     if Source::looks_like_source(spec) {
         let source: Source = spec
             .parse()
             .map_err(|e| super::UsageError(format!("{e}")))?;
         let store = store.create()?;
         let imported = super::import::import_quietly(&store, &source)?;
-        let path = imported.image_path;
-        return Ok((store, path));
+        let image = store.open_image(&format!("{}", imported.digest))?;
+        return Ok((store, image));
     }
     let store = store.open()?;
-    let path = store.resolve(spec)?;
-    Ok((store, path))
+    let image = store.open_image(spec)?;
+    Ok((store, image))
 }
 
 /// Parses a size such as `4096`, `512K`, `64M`, `10G` or `1T` (powers of 1024).
