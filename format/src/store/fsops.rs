@@ -135,6 +135,25 @@ fn explain(e: Errno) -> io::Error {
     }
 }
 
+/// Like [`explain`], for a failed open of `name` in `dir`: says what `name` is.
+fn explain_at(dir: BorrowedFd<'_>, name: &OsStr, e: Errno) -> io::Error {
+    if !matches!(e, Errno::LOOP | Errno::NOTDIR) {
+        return explain(e);
+    }
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            let ft = FileType::from_raw_mode(st.st_mode);
+            let what = if ft == FileType::Symlink {
+                "a symbolic link, which is never followed here".to_owned()
+            } else {
+                format!("{}, not what was expected", describe(ft))
+            };
+            refused(io::ErrorKind::InvalidData, format!("{:?} is {what}", name))
+        }
+        Err(_) => explain(e),
+    }
+}
+
 fn kind_of(ft: FileType) -> Kind {
     match ft {
         FileType::RegularFile => Kind::File,
@@ -335,7 +354,8 @@ impl Dir {
     fn open_beneath(&self, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
         let comps = components(rel)?;
         if comps.len() == 1 {
-            return rustix::fs::openat(self.fd(), comps[0], flags, Mode::empty()).map_err(explain);
+            return rustix::fs::openat(self.fd(), comps[0], flags, Mode::empty())
+                .map_err(|e| explain_at(self.fd(), comps[0], e));
         }
         if !NO_OPENAT2.load(Ordering::Relaxed) {
             let resolve =
@@ -344,8 +364,9 @@ impl Dir {
                 Ok(fd) => return Ok(fd),
                 // Not available here (old kernel, seccomp): walk instead, from now on.
                 Err(Errno::NOSYS | Errno::PERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
-                // Interrupted by a concurrent rename: the walk below gives a stable answer.
-                Err(Errno::AGAIN) => {}
+                // Interrupted by a concurrent rename (EAGAIN), or refused somewhere on the
+                // path: the walk below gives a stable answer that names the culprit.
+                Err(Errno::AGAIN | Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => {}
                 Err(e) => return Err(explain(e)),
             }
         }
@@ -360,11 +381,12 @@ impl Dir {
         let mut held: Option<OwnedFd> = None;
         for c in dirs {
             let at = held.as_ref().map_or(self.fd(), |fd| fd.as_fd());
-            let next = rustix::fs::openat(at, *c, DIR_FLAGS, Mode::empty()).map_err(explain)?;
+            let next = rustix::fs::openat(at, *c, DIR_FLAGS, Mode::empty())
+                .map_err(|e| explain_at(at, c, e))?;
             held = Some(next);
         }
         let at = held.as_ref().map_or(self.fd(), |fd| fd.as_fd());
-        rustix::fs::openat(at, *last, flags, Mode::empty()).map_err(explain)
+        rustix::fs::openat(at, *last, flags, Mode::empty()).map_err(|e| explain_at(at, last, e))
     }
 
     /// Opens the directory `rel` below this one.
@@ -398,9 +420,10 @@ impl Dir {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    rustix::fs::openat(cur.fd(), c, DIR_FLAGS, Mode::empty()).map_err(explain)?
+                    rustix::fs::openat(cur.fd(), c, DIR_FLAGS, Mode::empty())
+                        .map_err(|e| explain_at(cur.fd(), c, e))?
                 }
-                Err(e) => return Err(explain(e)),
+                Err(e) => return Err(explain_at(cur.fd(), c, e)),
             };
             cur = self.child(fd, &walked);
         }

@@ -459,6 +459,17 @@ impl ObjectStore {
                 );
             }
         }
+        for s in side_stray.iter().filter(|s| s.bad_fan) {
+            problem(
+                &mut report,
+                &s.dir,
+                &s.name,
+                format!(
+                    "is {}, where a sidecar directory should be",
+                    s.kind.describe()
+                ),
+            );
+        }
         if !self.bare && !unusable.contains(IMAGES_DIR) && !unusable.contains(REFS_DIR) {
             self.fsck_images(&mut report, &present, &problem)?;
         }
