@@ -30,8 +30,9 @@ pub fn bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_imgmount")))
 }
 
-/// Address space any imgmount run by these tests may use: a break that reads `/dev/zero`
-/// whole fails here instead of taking the machine's memory.
+/// Address space any imgmount run by these tests may use (bytes; `IMGMOUNT_TEST_MAX_AS`
+/// overrides it): a break that reads `/dev/zero` whole fails here instead of taking the
+/// machine's memory.
 pub const MAX_AS: u64 = 8 << 30;
 
 /// `imgmount` under `prlimit --as`, ready for arguments.
@@ -41,8 +42,12 @@ pub fn command() -> Command {
 
 /// `imgmount` under `prlimit --as` and the further `prlimit` options given.
 pub fn command_limited(limits: &[&str]) -> Command {
+    let max_as = std::env::var("IMGMOUNT_TEST_MAX_AS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(MAX_AS);
     let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--as={MAX_AS}"))
+    cmd.arg(format!("--as={max_as}"))
         .args(limits)
         .arg("--")
         .arg(bin());
