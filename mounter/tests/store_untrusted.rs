@@ -214,8 +214,7 @@ fn an_image_changed_under_the_daemon_does_not_kill_it() {
             )
         })
         .collect();
-    let list: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    let digest = w.import("img", &list);
+    let digest = w.import("img", &files);
     let mnt = w.work("mnt");
     let mut m = FgMount::new(&w, "img", &mnt, &[]);
     assert!(read_timed(&mnt.join(&files[0].0)).unwrap() == files[0].1);
@@ -290,8 +289,7 @@ fn fifos_and_devices_never_wedge_the_mount() {
     let files: Vec<(String, Vec<u8>)> = (0..6)
         .map(|i| (format!("f{i}"), data(200 + i, 40_000)))
         .collect();
-    let list: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    w.import("img", &list);
+    w.import("img", &files);
     // f0..f3 attacked, f4 and f5 intact.
     replace(&w.object(&files[0].1), mkfifo);
     replace(&w.object(&files[1].1), |p| symlink("/dev/zero", p).unwrap());
@@ -678,8 +676,7 @@ fn an_interrupted_gc_leaves_a_store_fsck_accepts() {
     let files: Vec<(String, Vec<u8>)> = (0..20)
         .map(|i| (format!("f{i}"), data(300 + i, 9_000)))
         .collect();
-    let list: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    w.import("old", &list);
+    w.import("old", &files);
     w.import("new", &[("g", data(19, 5_000))]);
     w.ok(&["rm", "old"]);
     // What a gc killed half way through left, before the fix: objects gone, sidecars not.
@@ -716,8 +713,7 @@ fn many_open_files_do_not_exhaust_descriptors() {
             )
         })
         .collect();
-    let list: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    w.import("many", &list);
+    w.import("many", &files);
     let mnt = w.work("mnt");
     let m = FgMount::limited(&w, "many", &mnt, &[], &["--nofile=512:512"]);
     let mut held = Vec::new();

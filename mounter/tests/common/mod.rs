@@ -382,9 +382,10 @@ pub fn pread(p: &Path, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
 }
 
 /// A root filesystem tar of regular files (parents implied), mode 0644, owned by root.
-pub fn rootfs_tar(path: &Path, files: &[(&str, Vec<u8>)]) {
+pub fn rootfs_tar<N: AsRef<str>>(path: &Path, files: &[(N, Vec<u8>)]) {
     let mut b = tar::Builder::new(fs::File::create(path).unwrap());
     for (name, data) in files {
+        let name = name.as_ref();
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);

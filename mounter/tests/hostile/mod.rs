@@ -143,7 +143,7 @@ impl World {
     }
 
     /// Imports a root filesystem tar of `files`, tagged; returns the image digest.
-    pub fn import(&self, tag: &str, files: &[(&str, Vec<u8>)]) -> Digest {
+    pub fn import<N: AsRef<str>>(&self, tag: &str, files: &[(N, Vec<u8>)]) -> Digest {
         let tar = self.work(&format!("{}.tar", tag.replace('/', "_")));
         rootfs_tar(&tar, files);
         let out = self.ok(&[
