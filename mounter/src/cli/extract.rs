@@ -123,8 +123,6 @@ pub fn run(args: ExtractArgs) -> Result<()> {
 
 impl Extractor<'_> {
     fn directory(&mut self, dir: &Directory, path: &Path) -> Result<()> {
-        // Temporary files are created and renamed relative to this descriptor.
-        let fd = Dir::open(path).with_context(|| format!("opening {}", path.display()))?;
         for (name, node) in &dir.entries {
             let child = path.join(OsStr::from_bytes(name));
             match node {
@@ -136,13 +134,13 @@ impl Extractor<'_> {
                         .with_context(|| format!("chmod {}", child.display()))?;
                     self.directory(sub, &child)?;
                 }
-                Node::Leaf(id) => self.leaf(*id, &fd, OsStr::from_bytes(name), &child)?,
+                Node::Leaf(id) => self.leaf(*id, &child)?,
             }
         }
         self.metadata(path, &dir.stat, true)
     }
 
-    fn leaf(&mut self, id: LeafId, dir: &Dir, name: &OsStr, path: &Path) -> Result<()> {
+    fn leaf(&mut self, id: LeafId, path: &Path) -> Result<()> {
         if let Some(first) = self.first_path.get(&id) {
             return fs::hard_link(first, path)
                 .with_context(|| format!("linking {} to {}", path.display(), first.display()));
@@ -160,7 +158,7 @@ impl Extractor<'_> {
                 size,
                 payload,
                 digest,
-            }) => self.external(dir, name, path, *size, payload.as_deref(), digest.as_ref())?,
+            }) => self.external(path, *size, payload.as_deref(), digest.as_ref())?,
             LeafContent::Symlink(target) => {
                 symlink(OsStr::from_bytes(target), path)
                     .with_context(|| format!("creating symlink {}", path.display()))?;
@@ -198,14 +196,12 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    /// Copies an object out of the store to `name` in `dir` (`path`): written under a
-    /// temporary name while its digest is computed, no more than the `size` the image gives
-    /// read, and renamed to `name` only when size and digest are right. On any failure the
+    /// Copies an object out of the store to `path`: written under a temporary name beside
+    /// it while its digest is computed, no more than the `size` the image gives read, and
+    /// renamed to its name only when size and digest are right. On any failure the
     /// temporary file is removed: no unverified byte stays under any name.
     fn external(
         &mut self,
-        dir: &Dir,
-        name: &OsStr,
         path: &Path,
         size: u64,
         payload: Option<&[u8]>,
@@ -223,6 +219,13 @@ impl Extractor<'_> {
             .objects_fd()
             .open_file(&rel, Expect::Size(size))
             .with_context(|| format!("{}: opening object {}", path.display(), object.display()))?;
+        // The temporary file is created and renamed relative to its directory, opened here
+        // (not held across the walk: deep trees would hold a descriptor per level).
+        let (parent, name) = match (path.parent(), path.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => bail!("{}: not a path to extract to", path.display()),
+        };
+        let dir = Dir::open(parent).with_context(|| format!("opening {}", parent.display()))?;
         let mut tmp = dir
             .create_temp(".imgmount-extract-", 0o600)
             .with_context(|| format!("creating a temporary file beside {}", path.display()))?;
@@ -259,7 +262,7 @@ impl Extractor<'_> {
             );
         }
         if !tmp
-            .persist_noclobber(dir, name)
+            .persist_noclobber(&dir, name)
             .with_context(|| format!("renaming into {}", path.display()))?
         {
             bail!("{} exists already", path.display());
