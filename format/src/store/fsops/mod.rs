@@ -28,6 +28,25 @@
 //! Errors are `io::Error`s whose message says what was wrong with the entry ("is a
 //! symbolic link", "is a FIFO, not a regular file", "has 10 bytes, expected 4096"); callers
 //! add the path (see [`Dir::display`]).
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use imgmount_format::store::fsops::{Dir, Expect};
+//!
+//! // The root comes from the user; everything below it is resolved without symlinks.
+//! let store = Dir::open(Path::new("/var/lib/imgmount"))?;
+//! let objects = store.open_dir("objects")?;
+//! // A regular file of exactly the size the image gives, or an error saying what it is.
+//! let object = objects.open_file("ab/cdef0123", Expect::Size(8192))?;
+//! // Writes: a temporary file, then a rename that never replaces.
+//! let fan = objects.create_dir("ab")?;
+//! let tmp = fan.create_temp(".tmp-", 0o644)?;
+//! tmp.persist_noclobber(&fan, "cdef0123")?;
+//! // Removal that never leaves the directory, whatever is planted in it.
+//! store.open_dir("tmp")?.remove_all("import-1234")?;
+//! # drop(object);
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -36,7 +55,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
@@ -711,230 +730,10 @@ impl Dir {
     }
 }
 
-/// `PREFIX` followed by 16 hex digits unlikely to be taken (EEXIST makes the caller retry).
-fn unique_name(prefix: &str) -> OsString {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mixed =
-        (nanos ^ (u64::from(std::process::id()) << 40) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    OsString::from(format!("{prefix}{mixed:016x}"))
-}
+mod temp;
 
-/// A new file in a [`Dir`], removed when dropped unless it was given its final name.
-pub struct TempFile {
-    dir: Dir,
-    name: OsString,
-    file: File,
-    named: bool,
-}
-
-impl TempFile {
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    pub fn file_mut(&mut self) -> &mut File {
-        &mut self.file
-    }
-
-    /// Its temporary name in its directory.
-    pub fn name(&self) -> &OsStr {
-        &self.name
-    }
-
-    /// Its path, for messages.
-    pub fn display(&self) -> PathBuf {
-        self.dir.display(&self.name)
-    }
-
-    /// Gives it the name `to_name` in `to` unless that exists (then it is removed). Returns
-    /// whether it got the name.
-    pub fn persist_noclobber(mut self, to: &Dir, to_name: impl AsRef<OsStr>) -> io::Result<bool> {
-        let done = self.dir.rename_noclobber(&self.name, to, to_name)?;
-        self.named = done;
-        Ok(done)
-    }
-
-    /// Gives it the name `to_name` in `to`, replacing what is there.
-    pub fn persist(mut self, to: &Dir, to_name: impl AsRef<OsStr>) -> io::Result<()> {
-        self.dir.rename(&self.name, to, to_name)?;
-        self.named = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.named {
-            let _ = self.dir.remove_file(&self.name);
-        }
-    }
-}
+pub use temp::TempFile;
+use temp::unique_name;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs;
-    use std::io::Write;
-    use std::os::unix::fs::symlink;
-
-    fn setup() -> (tempfile::TempDir, Dir, PathBuf) {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("root");
-        fs::create_dir_all(root.join("a/b")).unwrap();
-        fs::write(root.join("a/b/f"), b"hello").unwrap();
-        let outside = t.path().join("outside");
-        fs::create_dir_all(outside.join("sub")).unwrap();
-        fs::write(outside.join("secret"), b"secret").unwrap();
-        fs::write(outside.join("sub/x"), b"x").unwrap();
-        let dir = Dir::open(&root).unwrap();
-        (t, dir, outside)
-    }
-
-    fn both_walks(f: impl Fn()) {
-        f();
-        NO_OPENAT2.store(true, Ordering::Relaxed);
-        f();
-        NO_OPENAT2.store(false, Ordering::Relaxed);
-    }
-
-    #[test]
-    fn opens_plain_files_and_checks_size() {
-        let (_t, dir, _) = setup();
-        both_walks(|| {
-            let mut s = String::new();
-            dir.open_file("a/b/f", Expect::Any)
-                .unwrap()
-                .read_to_string(&mut s)
-                .unwrap();
-            assert_eq!(s, "hello");
-            dir.open_file("a/b/f", Expect::Size(5)).unwrap();
-            let e = dir.open_file("a/b/f", Expect::Size(6)).unwrap_err();
-            assert!(e.to_string().contains("has 5 bytes, expected 6"), "{e}");
-            let e = dir.read_file("a/b/f", 4).unwrap_err();
-            assert!(e.to_string().contains("more than the 4"), "{e}");
-            assert_eq!(dir.read_file("a/b/f", 5).unwrap(), b"hello");
-            assert!(
-                dir.open_file_if_exists("a/nope", Expect::Any)
-                    .unwrap()
-                    .is_none()
-            );
-            assert!(
-                dir.open_file_if_exists("nope/x", Expect::Any)
-                    .unwrap()
-                    .is_none()
-            );
-        });
-    }
-
-    #[test]
-    fn never_follows_symlinks() {
-        let (_t, dir, outside) = setup();
-        let root = dir.path().to_owned();
-        symlink(&outside, root.join("link")).unwrap();
-        symlink(outside.join("secret"), root.join("a/b/lnk")).unwrap();
-        both_walks(|| {
-            for rel in ["link/secret", "a/b/lnk", "link"] {
-                let e = dir.open_file(rel, Expect::Any).unwrap_err();
-                assert!(
-                    e.to_string().contains("symbolic link")
-                        || e.to_string().contains("not a directory"),
-                    "{rel}: {e}"
-                );
-            }
-            assert!(dir.open_dir("link").is_err());
-            assert!(dir.open_dir("link/sub").is_err());
-            assert!(dir.create_dir("link/new").is_err());
-        });
-        assert!(!outside.join("new").exists());
-        for bad in [
-            "../outside/secret",
-            "/etc/passwd",
-            "a/../a/b/f",
-            "a/./b/f",
-            "a//b/f",
-            "",
-        ] {
-            assert!(dir.open_file(bad, Expect::Any).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn fifos_and_devices_are_refused_without_blocking() {
-        let (_t, dir, _) = setup();
-        let fifo = dir.path().join("a/fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
-        // SAFETY: c is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let e = dir.open_file("a/fifo", Expect::Any).unwrap_err();
-        assert!(e.to_string().contains("FIFO"), "{e}");
-        let e = open_regular(&fifo, Expect::Any).unwrap_err();
-        assert!(e.to_string().contains("FIFO"), "{e}");
-        let e = open_regular(Path::new("/dev/zero"), Expect::Any).unwrap_err();
-        assert!(e.to_string().contains("character device"), "{e}");
-        let e = dir.open_file("a", Expect::Any).unwrap_err();
-        assert!(e.to_string().contains("directory"), "{e}");
-    }
-
-    #[test]
-    fn remove_all_stays_inside() {
-        let (_t, dir, outside) = setup();
-        let root = dir.path().to_owned();
-        fs::create_dir_all(root.join("t/d/e")).unwrap();
-        fs::write(root.join("t/d/e/f"), b"1").unwrap();
-        symlink(&outside, root.join("t/d/out")).unwrap();
-        symlink(&outside, root.join("tl")).unwrap();
-        assert!(dir.remove_all("t").unwrap());
-        assert!(dir.remove_all("tl").unwrap());
-        assert!(!dir.remove_all("tl").unwrap());
-        assert!(!root.join("t").exists() && !root.join("tl").exists());
-        assert_eq!(fs::read(outside.join("secret")).unwrap(), b"secret");
-        assert_eq!(fs::read(outside.join("sub/x")).unwrap(), b"x");
-        // Too deep to remove with bounded descriptors: refused, nothing outside touched.
-        let mut p = root.join("deep");
-        for _ in 0..MAX_REMOVE_DEPTH + 2 {
-            p.push("d");
-        }
-        fs::create_dir_all(&p).unwrap();
-        assert!(dir.remove_all("deep").is_err());
-    }
-
-    #[test]
-    fn temp_files_links_and_renames() {
-        let (_t, dir, _) = setup();
-        let a = dir.create_dir("x/y").unwrap();
-        assert!(dir.path().join("x/y").is_dir());
-        let mut t = a.create_temp(".tmp-", 0o600).unwrap();
-        t.file_mut().write_all(b"data").unwrap();
-        let name = t.name().to_owned();
-        drop(t);
-        assert!(a.metadata(&name).unwrap().is_none(), "removed on drop");
-        let mut t = a.create_temp(".tmp-", 0o600).unwrap();
-        t.file_mut().write_all(b"data").unwrap();
-        assert!(t.persist_noclobber(&a, "obj").unwrap());
-        let mut t = a.create_temp(".tmp-", 0o600).unwrap();
-        t.file_mut().write_all(b"other").unwrap();
-        assert!(!t.persist_noclobber(&a, "obj").unwrap());
-        assert_eq!(a.read_file("obj", 100).unwrap(), b"data");
-        assert_eq!(a.entries().unwrap().len(), 1, "loser removed");
-        let b = dir.create_dir("z").unwrap();
-        assert!(a.link_noclobber("obj", &b, "obj").unwrap());
-        assert!(!a.link_noclobber("obj", &b, "obj").unwrap());
-        b.symlink("../x", "s").unwrap();
-        assert_eq!(b.read_link("s").unwrap(), Some(PathBuf::from("../x")));
-        assert_eq!(b.read_link("obj").unwrap(), None);
-        let kinds: Vec<_> = {
-            let mut e = b.entries().unwrap();
-            e.sort_by(|x, y| x.name.cmp(&y.name));
-            e.into_iter().map(|e| e.kind).collect()
-        };
-        assert_eq!(kinds, vec![Kind::File, Kind::Symlink]);
-        // A symlink where a directory should be is not created through.
-        assert!(b.create_dir("s/q").is_err());
-    }
-}
+mod tests;
