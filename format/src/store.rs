@@ -96,8 +96,11 @@ fn same_content(a: &File, b: &File) -> io::Result<bool> {
     if la != lb {
         return Ok(false);
     }
-    let mut x = vec![0u8; 1 << 18];
-    let mut y = vec![0u8; 1 << 18];
+    // Buffers no larger than the file: most objects are small, and zeroing two large
+    // buffers per comparison would cost more than the comparison.
+    let chunk = usize::try_from(la).unwrap_or(usize::MAX).min(1 << 18);
+    let mut x = vec![0u8; chunk];
+    let mut y = vec![0u8; chunk];
     let mut off = 0u64;
     while off < la {
         let n = ((la - off) as usize).min(x.len());
