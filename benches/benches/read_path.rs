@@ -43,6 +43,7 @@ fn objects(root: &Path, mode: VerityMode, cache_bytes: u64, verify_threads: usiz
         cache_bytes,
         keep_open: 16,
         verify_threads,
+        open_files: 64,
     })
 }
 

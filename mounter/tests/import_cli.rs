@@ -1,9 +1,13 @@
 //! The store commands from the command line: import, images, tag, rm, gc,
 //! fsck, extract; their output for scripts and their exit codes. Needs no root.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
+
+use common::rootfs_tar;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imgmount");
 
@@ -25,20 +29,6 @@ fn ok(store: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn rootfs_tar(path: &Path, files: &[(&str, Vec<u8>)]) {
-    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    b.finish().unwrap();
 }
 
 fn images(store: &Path) -> Vec<serde_json::Value> {

@@ -298,12 +298,17 @@ impl<'s> Applier<'s> {
             .map_err(|e| OciError::Write(e.to_string()))?;
         let referenced = referenced_digests(&tree);
         drop(tree);
+        // Checked again now that the store is about to change: a tag made
+        // impossible meanwhile fails the import with nothing stored.
+        if let Some(tag) = &opts.tag {
+            store.check_tag_free(tag)?;
+        }
         for (path, diff_id) in &records {
             store.commit_layer_record(path, opts.hash, diff_id)?;
         }
         let new_objects =
             staging.commit_only(|d| referenced.contains(d) || record_objects.contains(d))?;
-        let digest = store.add_image(&image, opts.hash)?;
+        let (digest, written) = store.add_image_reporting(&image, opts.hash)?;
         if let Some(list) = &diff_ids
             && !list.is_empty()
         {
@@ -318,7 +323,7 @@ impl<'s> Applier<'s> {
             bytes,
             new_objects,
             reused_layers,
-            ..Imported::tagged(store, digest, opts)?
+            ..Imported::tagged(store, digest, written, opts)?
         })
     }
 }
@@ -347,6 +352,6 @@ pub fn reuse_image(
         layers: diff_ids.len(),
         reused_layers: diff_ids.len(),
         reused_image: true,
-        ..Imported::tagged(store, digest, opts)?
+        ..Imported::tagged(store, digest, false, opts)?
     }))
 }

@@ -89,14 +89,23 @@ pub struct Imported {
 
 impl Imported {
     /// Tags the stored image `digest` as `opts` asks and says so, every count
-    /// zero (the caller fills in what it did).
+    /// zero (the caller fills in what it did). `written` says this import
+    /// wrote the image file: if the tag cannot be set after all (someone made
+    /// it impossible meanwhile), the image is taken back (its objects are
+    /// unreferenced then, and gc's to remove).
     pub(crate) fn tagged(
         store: &ObjectStore,
         digest: Digest,
+        written: bool,
         opts: &ImportOptions,
     ) -> Result<Imported, OciError> {
-        if let Some(tag) = &opts.tag {
-            store.set_ref(tag, &digest)?;
+        if let Some(tag) = &opts.tag
+            && let Err(e) = store.set_ref(tag, &digest)
+        {
+            if written {
+                let _ = store.remove_image(&digest);
+            }
+            return Err(e.into());
         }
         Ok(Imported {
             image_path: store.image_path(&digest),
@@ -146,6 +155,11 @@ pub fn import(
     opts: &ImportOptions,
     progress: &mut dyn ImportProgress,
 ) -> Result<Imported, OciError> {
+    // A tag that cannot be created fails the import before anything is
+    // fetched or stored.
+    if let Some(tag) = &opts.tag {
+        store.check_tag_free(tag)?;
+    }
     let (blobs, spec) = match source {
         Source::Docker(reference) => return pull(store, reference, opts, progress),
         Source::Dir { path } => return import_dir(store, path, opts),
@@ -229,8 +243,8 @@ fn import_dir(
     })?;
     let image =
         write_image(&tree, &WriteOptions::default()).map_err(|e| OciError::Write(e.to_string()))?;
-    let digest = store.add_image(&image, opts.hash)?;
-    Imported::tagged(store, digest, opts)
+    let (digest, written) = store.add_image_reporting(&image, opts.hash)?;
+    Imported::tagged(store, digest, written, opts)
 }
 
 /// `tar:`: one layer without a diff_id to check (nor a record to keep).

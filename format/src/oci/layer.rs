@@ -19,7 +19,7 @@
 //!   of the entries in the tar: the opaque pruning runs when the layer ends,
 //!   keeping everything this layer created.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{self, Read};
 
 use super::OciError;
@@ -133,6 +133,9 @@ pub struct TreeBuilder {
     tree: Tree,
     limits: Limits,
     entries: u64,
+    /// Regular-file content bytes over all layers, counted at their real (expanded) size
+    /// before any is written: a sparse entry's holes cost nothing in the compressed stream.
+    content_bytes: u64,
 }
 
 /// What applying a layer did, for progress reports.
@@ -143,27 +146,64 @@ pub struct LayerStats {
     pub content_bytes: u64,
 }
 
+/// The paths a layer created or replaced, with all their ancestors: a trie of
+/// names, so each path costs one node per component not stored before (memory
+/// linear in the names of the layer, however deep; a set of whole paths would
+/// store every prefix again and grow with the square of the depth).
+struct Touched {
+    /// Node 0 is the root; each node maps a child name to its node.
+    nodes: Vec<HashMap<Vec<u8>, usize>>,
+}
+
+impl Touched {
+    fn new() -> Self {
+        Touched {
+            nodes: vec![HashMap::new()],
+        }
+    }
+
+    fn insert(&mut self, path: &[Vec<u8>]) {
+        let mut node = 0;
+        for c in path {
+            let next = self.nodes.len();
+            let Some(children) = self.nodes.get_mut(node) else {
+                return;
+            };
+            node = match children.get(c.as_slice()) {
+                Some(&n) => n,
+                None => {
+                    children.insert(c.clone(), next);
+                    self.nodes.push(HashMap::new());
+                    next
+                }
+            };
+        }
+    }
+
+    fn contains(&self, path: &[Vec<u8>]) -> bool {
+        let mut node = 0;
+        for c in path {
+            match self.nodes.get(node).and_then(|m| m.get(c.as_slice())) {
+                Some(&n) => node = n,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
 /// State of the layer being applied.
 struct LayerState<'s> {
     layer: &'s str,
     /// Paths this layer created or replaced, with all their ancestors.
-    touched: HashSet<TreePath>,
+    touched: Touched,
     /// Directories this layer marked opaque.
     opaque: Vec<TreePath>,
 }
 
 impl LayerState<'_> {
     fn touch(&mut self, path: &[Vec<u8>]) {
-        // The set is closed under prefixes, so the first ancestor already in it
-        // means all further ones are too: touching stays linear in the depth.
-        for n in (0..=path.len()).rev() {
-            match path.get(..n) {
-                Some(prefix) if !self.touched.contains(prefix) => {
-                    self.touched.insert(prefix.to_vec());
-                }
-                _ => break,
-            }
-        }
+        self.touched.insert(path);
     }
 
     fn err(&self, entry: &[u8], reason: impl Into<String>) -> OciError {
@@ -268,6 +308,7 @@ impl TreeBuilder {
             }),
             limits,
             entries: 0,
+            content_bytes: 0,
         }
     }
 
@@ -287,7 +328,7 @@ impl TreeBuilder {
     ) -> Result<LayerStats, OciError> {
         let mut state = LayerState {
             layer,
-            touched: HashSet::new(),
+            touched: Touched::new(),
             opaque: Vec::new(),
         };
         let mut stats = LayerStats::default();
@@ -364,6 +405,16 @@ impl TreeBuilder {
                     if kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse()
                     {
                         stats.files += 1;
+                        // The real size, holes included, against the limit before a
+                        // byte is stored (the stream's bytes are counted as they pass).
+                        let real = sparse.as_ref().map_or(entry.size(), |s| s.real_size);
+                        self.content_bytes = self.content_bytes.saturating_add(real);
+                        if self.content_bytes > self.limits.max_bytes {
+                            return Err(OciError::TooLarge {
+                                layer: layer.to_owned(),
+                                limit: self.limits.max_bytes,
+                            });
+                        }
                         let file = match &sparse {
                             Some(s) => {
                                 let mut reader = SparseReader::new(&mut entry, s)
@@ -558,23 +609,27 @@ impl TreeBuilder {
         hops: &mut u32,
     ) -> Result<TreePath, String> {
         let mut cur = start;
-        // Fast path: the leading components that are plain directories are
-        // followed in one walk (the slow path below looks each name up from the
-        // root, which is quadratic in the depth).
         let mut rest = comps;
-        if let Some(mut dir) = dir_at(&self.tree.root, &cur) {
-            while let Some((c, tail)) = rest.split_first() {
-                match dir.entries.get(c) {
-                    Some(Node::Directory(d)) if cur.len() < MAX_DEPTH => {
-                        dir = d;
-                        cur.push(c.clone());
-                        rest = tail;
+        // Each round walks the components that are plain directories in one descent, then
+        // handles the one after them (`.`, `..`, a symlink, a missing name). Looking each
+        // name up from the root instead would be quadratic in the depth.
+        loop {
+            if let Some(mut dir) = dir_at(&self.tree.root, &cur) {
+                while let Some((c, tail)) = rest.split_first() {
+                    match dir.entries.get(c) {
+                        Some(Node::Directory(d)) if cur.len() < MAX_DEPTH => {
+                            dir = d;
+                            cur.push(c.clone());
+                            rest = tail;
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
             }
-        }
-        for c in rest {
+            let Some((c, tail)) = rest.split_first() else {
+                return Ok(cur);
+            };
+            rest = tail;
             match c.as_slice() {
                 b"" | b"." => continue,
                 b".." => {
@@ -611,15 +666,36 @@ impl TreeBuilder {
                     return Err(format!("its parent {} is not a directory", show(&p)));
                 }
                 Found::Missing if create => {
-                    let dir = dir_at_mut(&mut self.tree.root, &cur)
+                    // `c` and the plain names after it are all missing (each new directory
+                    // is empty): create the chain in one descent, touch it once.
+                    let mut dir = dir_at_mut(&mut self.tree.root, &cur)
                         .ok_or_else(|| format!("{} vanished", show(&cur)))?;
-                    let stat = Stat {
-                        mode: 0o755,
-                        ..Stat::default()
-                    };
-                    dir.entries
-                        .insert(c.clone(), Node::Directory(Box::new(Directory::new(stat))));
-                    cur.push(c.clone());
+                    let mut name = c;
+                    loop {
+                        let stat = Stat {
+                            mode: 0o755,
+                            ..Stat::default()
+                        };
+                        let node = dir
+                            .entries
+                            .entry(name.clone())
+                            .or_insert_with(|| Node::Directory(Box::new(Directory::new(stat))));
+                        let Node::Directory(sub) = node else {
+                            return Err(format!("{} vanished", show(&cur)));
+                        };
+                        dir = sub;
+                        cur.push(name.clone());
+                        match rest.split_first() {
+                            Some((next, tail))
+                                if !matches!(next.as_slice(), b"" | b"." | b"..")
+                                    && cur.len() < MAX_DEPTH =>
+                            {
+                                name = next;
+                                rest = tail;
+                            }
+                            _ => break,
+                        }
+                    }
                     state.touch(&cur);
                 }
                 Found::Missing => {
@@ -629,7 +705,6 @@ impl TreeBuilder {
                 }
             }
         }
-        Ok(cur)
     }
 }
 

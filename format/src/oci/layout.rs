@@ -7,9 +7,13 @@
 //! of the tar's regular members (offset, size) is built in one pass over the
 //! headers, and a blob is read in place. So a hostile archive member name can
 //! never become a file on this machine.
+//!
+//! Every file is opened through [`crate::store::fsops`]: a blob or `index.json`
+//! that is a FIFO or a device is refused at once (never a hang, never an endless
+//! read), and inside a layout directory no symlink is followed, so a layout
+//! cannot make an import read files from elsewhere on the machine.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +22,7 @@ use serde::Deserialize;
 use super::OciError;
 use super::blob::{BlobDigest, MAX_JSON_SIZE, verify_blob};
 use super::platform::Platform;
+use crate::store::fsops::{self, Dir, Expect};
 
 pub(crate) const INDEX_MEDIA_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
@@ -53,7 +58,7 @@ fn clean_name(name: &str) -> Option<String> {
 impl Blobs {
     /// Indexes the regular members of a tar file.
     pub fn open_tar(path: &Path) -> Result<Blobs, OciError> {
-        let file = File::open(path).map_err(OciError::io("open", path))?;
+        let file = fsops::open_regular(path, Expect::Any).map_err(OciError::io("open", path))?;
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
         let entries = archive.entries().map_err(OciError::io("read", path))?;
@@ -85,7 +90,9 @@ impl Blobs {
         match self {
             Blobs::Dir(root) => {
                 let path = root.join(&clean);
-                let file = File::open(&path).map_err(OciError::io("open blob", &path))?;
+                let file = Dir::open(root)
+                    .and_then(|d| d.open_file(&clean, Expect::Any))
+                    .map_err(OciError::io("open blob", &path))?;
                 let size = file
                     .metadata()
                     .map_err(OciError::io("stat blob", &path))?
@@ -97,7 +104,8 @@ impl Blobs {
                     what: format!("{}", path.display()),
                     reason: format!("the archive has no member {clean:?}"),
                 })?;
-                let mut file = File::open(path).map_err(OciError::io("open", path))?;
+                let mut file =
+                    fsops::open_regular(path, Expect::Any).map_err(OciError::io("open", path))?;
                 file.seek(SeekFrom::Start(offset))
                     .map_err(OciError::io("seek in", path))?;
                 Ok((Box::new(file.take(size)), size))
@@ -111,7 +119,9 @@ impl Blobs {
             return false;
         };
         match self {
-            Blobs::Dir(root) => root.join(clean).is_file(),
+            Blobs::Dir(root) => Dir::open(root)
+                .and_then(|d| d.open_file(&clean, Expect::Any))
+                .is_ok(),
             Blobs::Tar { members, .. } => members.contains_key(&clean),
         }
     }

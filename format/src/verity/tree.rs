@@ -110,6 +110,16 @@ impl MerkleTree {
         }
     }
 
+    /// How many bytes the serialized tree of `data_size` bytes of data has: what a sidecar
+    /// must be, known before reading one (0 for files of at most one block).
+    pub fn serialized_len(alg: HashAlg, data_size: u64) -> u64 {
+        geometry(alg, data_size)
+            .iter()
+            .map(|l| l.blocks)
+            .sum::<u64>()
+            * BLOCK_SIZE as u64
+    }
+
     /// Loads a tree from untrusted bytes (a sidecar file), for data of `data_size` bytes that
     /// must have the digest `expected`.
     ///
@@ -123,7 +133,7 @@ impl MerkleTree {
     ) -> Result<Self, VerityError> {
         let alg = expected.alg();
         let levels = geometry(alg, data_size);
-        let want_len = levels.iter().map(|l| l.blocks).sum::<u64>() * BLOCK_SIZE as u64;
+        let want_len = MerkleTree::serialized_len(alg, data_size);
         if bytes.len() as u64 != want_len {
             return Err(VerityError::TreeSize {
                 data_size,

@@ -10,7 +10,8 @@ use clap::Args;
 use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::erofs::format::FileType;
 use imgmount_format::erofs::reader::Image;
-use imgmount_format::verity::{Digest, VerityError, merkle_tree_file};
+use imgmount_format::store::fsops::{Dir, Expect, PositionedReader};
+use imgmount_format::verity::{Digest, VerityError, merkle_tree_reader};
 
 use super::registry_args::RegistryArgs;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
@@ -49,8 +50,10 @@ pub struct CatArgs {
 
 pub fn run(args: CatArgs) -> Result<()> {
     let found = find_image(&args.store, &args.image, &args.registry)?;
-    let shown = found.path.display();
-    let image = Image::open(&found.path).with_context(|| format!("opening {shown}"))?;
+    let found_objects = found.objects.clone();
+    // A stored image as checked against its name; a file read whole, not mapped.
+    let (image_path, image): (PathBuf, Image) = found.open()?;
+    let shown = image_path.display();
     let inode = image
         .lookup_path(args.path.as_bytes())
         .with_context(|| format!("looking up {} in {shown}", args.path))?
@@ -78,7 +81,7 @@ pub fn run(args: CatArgs) -> Result<()> {
             }
         }
         Some(redirect) => {
-            let objects = args.objects.as_deref().unwrap_or(&found.objects);
+            let objects = args.objects.as_deref().unwrap_or(&found_objects);
             if !objects.is_dir() {
                 bail!(
                     "{} is stored as an object, and the object directory {} does not exist: \
@@ -95,6 +98,13 @@ pub fn run(args: CatArgs) -> Result<()> {
                 )
             })?;
             let object = objects.join(rel);
+            // The object: a regular file of the size the image gives, never through a
+            // symlink below --objects, never a FIFO or device.
+            let open_object = || {
+                Dir::open(objects)
+                    .and_then(|d| d.open_file(rel, Expect::Size(inode.size())))
+                    .with_context(|| format!("opening object {}", object.display()))
+            };
             let digest = image.metacopy(&inode)?.flatten();
             match (digest, args.verity) {
                 (None, VerityMode::Require) => {
@@ -103,10 +113,10 @@ pub fn run(args: CatArgs) -> Result<()> {
                         args.path
                     )
                 }
-                (Some(d), VerityMode::Require | VerityMode::Auto) => {
-                    copy_verified(&object, d, inode.size(), &mut out)
-                }
-                _ => copy_unverified(&object, inode.size(), &mut out),
+                (Some(d), VerityMode::Require | VerityMode::Auto) => open_object()
+                    .and_then(|file| copy_verified(&file, &object, d, inode.size(), &mut out)),
+                _ => open_object()
+                    .and_then(|file| copy_unverified(file, &object, inode.size(), &mut out)),
             }
             .with_context(|| format!("refused to read {}", args.path))?
         }
@@ -115,11 +125,18 @@ pub fn run(args: CatArgs) -> Result<()> {
     Ok(())
 }
 
-/// Copies an object after checking it against `digest`: the Merkle tree is built
-/// and compared with the digest first, then each block is checked against the
-/// tree as it is read again, so a file changed between the passes is caught too.
-fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write) -> Result<()> {
-    let tree = merkle_tree_file(digest.alg(), object)
+/// Copies an object after checking it against `digest`: the Merkle tree is built from
+/// the first `size` bytes and compared with the digest first, then each block is checked
+/// against the tree as it is read again, so a file changed between the passes is caught too.
+fn copy_verified(
+    file: &File,
+    object: &Path,
+    digest: Digest,
+    size: u64,
+    out: &mut impl Write,
+) -> Result<()> {
+    let first_pass = PositionedReader::new(file, 0).take(size);
+    let tree = merkle_tree_reader(digest.alg(), first_pass)
         .with_context(|| format!("reading object {}", object.display()))?;
     if tree.digest() != digest {
         bail!(
@@ -128,15 +145,6 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
             tree.digest()
         );
     }
-    if tree.data_size() != size {
-        bail!(
-            "object {} has {} bytes but the image says {size}",
-            object.display(),
-            tree.data_size()
-        );
-    }
-    let file =
-        File::open(object).with_context(|| format!("opening object {}", object.display()))?;
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
@@ -157,9 +165,7 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
     Ok(())
 }
 
-fn copy_unverified(object: &Path, size: u64, out: &mut impl Write) -> Result<()> {
-    let file =
-        File::open(object).with_context(|| format!("opening object {}", object.display()))?;
+fn copy_unverified(file: File, object: &Path, size: u64, out: &mut impl Write) -> Result<()> {
     let copied = io::copy(&mut file.take(size), out)?;
     if copied != size {
         bail!(

@@ -218,21 +218,41 @@ fn fusermount_options(o: &Options, fsname: &str) -> String {
     v.join(",")
 }
 
-/// Opens the image; with a pinned digest, reads it whole and checks the bytes that will be
-/// used (so nothing can swap the file between the check and the use).
-fn open_image(path: &Path, pin: Option<&Digest>) -> anyhow::Result<Image> {
-    let Some(expected) = pin else {
-        return Image::open(path).with_context(|| format!("opening image {}", path.display()));
+/// Checks an image's bytes against a pinned digest. `known` is the digest they were
+/// already checked to have (a stored image's name), which spares hashing them again when
+/// the algorithms agree.
+fn check_pin(
+    path: &Path,
+    bytes: &[u8],
+    known: Option<&Digest>,
+    pin: &Digest,
+) -> anyhow::Result<()> {
+    let actual = match known {
+        Some(k) if k.alg() == pin.alg() => *k,
+        _ => verity::digest_bytes(pin.alg(), bytes),
     };
-    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-    let actual = verity::digest_bytes(expected.alg(), &bytes);
-    if actual != *expected {
+    if actual != *pin {
         bail!(
-            "image {} has fs-verity digest {actual}, but --digest requires {expected}; refusing to mount",
+            "image {} has fs-verity digest {actual}, but --digest requires {pin}; refusing to mount",
             path.display()
         );
     }
-    Image::from_bytes(bytes).with_context(|| format!("opening image {}", path.display()))
+    Ok(())
+}
+/// How many object files the daemon may keep open: half of what the (raised) descriptor
+/// limit leaves after a margin for FUSE, logs and sidecars.
+fn open_file_budget() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    };
+    (limit.saturating_sub(256) / 2).clamp(16, 1 << 16) as usize
 }
 
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
@@ -260,7 +280,18 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         Some(p) => session::absolute(p)?,
         None => crate::read::sidecar::Sidecars::default_dir(&objects_dir),
     };
-    let image = open_image(&image_path, args.digest.as_ref())?;
+    // Read whole (never mapped: a file truncated under the daemon must not fault it), a
+    // stored image checked against its name already; with a pinned digest, the bytes that
+    // will be used are checked (so nothing can swap the file between the check and the
+    // use). The daemon keeps these bytes.
+    let known = found.stored.as_ref().map(|s| s.digest);
+    let (_, bytes) = found.into_bytes()?;
+    if let Some(pin) = &args.digest {
+        check_pin(&image_path, &bytes, known.as_ref(), pin)?;
+    }
+    let image = Image::from_bytes(bytes)
+        .with_context(|| format!("opening image {}", image_path.display()))?;
+    session::raise_nofile_limit();
     let objects = Objects::new(ReadConfig {
         objects_dir,
         sidecar_dir,
@@ -268,6 +299,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         cache_bytes: args.cache_size,
         keep_open: 512,
         verify_threads: 0,
+        open_files: open_file_budget(),
     });
     let fs = ImgFs::new(
         image,
@@ -276,7 +308,6 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             passthrough: is_root() && args.verity != VerityMode::Off,
         },
     );
-    session::raise_nofile_limit();
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use imgmount_format::erofs::reader::Image;
 use imgmount_format::oci::Source;
 use imgmount_format::oci::source::{transport_list, transport_of};
-use imgmount_format::store::{ObjectStore, StoreError};
+use imgmount_format::store::fsops;
+use imgmount_format::store::{MAX_IMAGE_SIZE, ObjectStore, StoreError, StoredImage};
 
 /// The IMAGE argument's help, the same for every command taking one.
 pub const IMAGE_HELP: &str = "The image: a composefs image file, or from the store a tag, an image \
@@ -69,14 +71,16 @@ impl StoreArg {
     }
 }
 
-/// Finds the image file for IMAGE: a tag, a digest, or a SOURCE string, which
-/// is imported first (so `imgmount mount oci:dir:tag MNT` works in one step;
-/// a SOURCE imported before is found again, not imported twice).
+/// Finds the image IMAGE names: a tag, a digest, or a SOURCE string, which is
+/// imported first (so `imgmount mount oci:dir:tag MNT` works in one step; a
+/// SOURCE imported before is found again, not imported twice). The image is
+/// read whole and checked against its digest: what the caller gets is the
+/// bytes its name promises, whatever was done to the store.
 pub fn resolve_image(
     store: &StoreArg,
     spec: &str,
     registry: &RegistryArgs,
-) -> Result<(ObjectStore, PathBuf)> {
+) -> Result<(ObjectStore, StoredImage)> {
     if Source::looks_like_source(spec) {
         let source: Source = spec
             .parse()
@@ -93,8 +97,8 @@ pub fn resolve_image(
             imported.digest,
             store.root().display()
         );
-        let path = imported.image_path;
-        return Ok((store, path));
+        let image = store.open_image(&imported.digest.to_string())?;
+        return Ok((store, image));
     }
     let dir = store.path()?;
     let store = match ObjectStore::open(&dir) {
@@ -109,8 +113,8 @@ pub fn resolve_image(
             return Err(e).with_context(|| format!("opening the store {}", dir.display()));
         }
     };
-    match store.resolve(spec) {
-        Ok(path) => Ok((store, path)),
+    match store.open_image(spec) {
+        Ok(image) => Ok((store, image)),
         Err(StoreError::NotFound(why)) if !why.contains("ambiguous") => Err(not_found(
             spec,
             &format!(
@@ -124,9 +128,37 @@ pub fn resolve_image(
 
 /// An image a command was pointed at, and where the objects its files name are.
 pub struct FoundImage {
+    /// Where it is, for messages.
     pub path: PathBuf,
     /// The store's objects for an image from the store; beside the image for a file.
     pub objects: PathBuf,
+    /// For an image from the store: its bytes, read whole and checked against its
+    /// digest. Use these, never the file again (it may have changed since).
+    pub stored: Option<StoredImage>,
+}
+
+impl FoundImage {
+    /// The image's bytes: the checked ones of a stored image, else the file read whole
+    /// (never mapped: a file truncated meanwhile must not fault us; a FIFO or device is
+    /// refused, never waited on).
+    pub fn into_bytes(self) -> Result<(PathBuf, Vec<u8>)> {
+        match self.stored {
+            Some(stored) => Ok((self.path, stored.bytes)),
+            None => {
+                let bytes = fsops::read_regular(&self.path, MAX_IMAGE_SIZE)
+                    .with_context(|| format!("reading image {}", self.path.display()))?;
+                Ok((self.path, bytes))
+            }
+        }
+    }
+
+    /// The image, parsed from [`FoundImage::into_bytes`]; with the path, for messages.
+    pub fn open(self) -> Result<(PathBuf, Image)> {
+        let (path, bytes) = self.into_bytes()?;
+        let image =
+            Image::from_bytes(bytes).with_context(|| format!("opening {}", path.display()))?;
+        Ok((path, image))
+    }
 }
 
 /// Finds IMAGE as every command taking one does: a path to an image file, else in the
@@ -137,15 +169,17 @@ pub fn find_image(store: &StoreArg, spec: &str, registry: &RegistryArgs) -> Resu
         return Ok(FoundImage {
             objects: default_objects(path),
             path: path.to_owned(),
+            stored: None,
         });
     }
     if path.is_dir() {
         bail!("{spec} is a directory, not an image file (for a root filesystem: dir:{spec})");
     }
-    let (store, path) = resolve_image(store, spec, registry)?;
+    let (store, image) = resolve_image(store, spec, registry)?;
     Ok(FoundImage {
-        path,
+        path: image.path.clone(),
         objects: store.objects_dir().to_owned(),
+        stored: Some(image),
     })
 }
 

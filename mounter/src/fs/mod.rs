@@ -191,7 +191,11 @@ impl ImgFs {
                 Errno::EIO
             })?;
         let backing = if self.passthrough && obj.kernel_checked() {
-            match reply.open_backing(obj.file()) {
+            let file = self.objects.file(&obj).map_err(|e| {
+                log::error!("open of inode {}: {e}", inode.nid);
+                Errno::EIO
+            })?;
+            match reply.open_backing(&*file) {
                 Ok(id) => Some(Arc::new(id)),
                 Err(e) => {
                     log::debug!("passthrough not available ({e}); reading in user space");

@@ -14,6 +14,7 @@
 
 pub mod cache;
 pub mod cores;
+pub mod fds;
 pub mod kernel;
 pub mod parallel;
 pub mod sidecar;
@@ -24,15 +25,17 @@ use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use imgmount_format::composefs::redirect_object_path;
+use imgmount_format::store::fsops::{Dir, Expect};
 use imgmount_format::verity::{BLOCK_SIZE, Digest, MerkleTree};
 use lru::LruCache;
 
 use cache::{BlockCache, SEGMENT};
+use fds::FdPool;
 use kernel::{Measured, Strategy};
 use parallel::ParallelVerifier;
 use sidecar::Sidecars;
@@ -87,26 +90,31 @@ pub struct ReadConfig {
     pub mode: VerityMode,
     /// Bound of the verified-block cache, in bytes.
     pub cache_bytes: u64,
-    /// How many opened objects (file and tree) are kept after their last close.
+    /// How many opened objects (their trees) are kept after their last close.
     pub keep_open: usize,
     /// Cores one large read may be verified on (0: all of them, 1: only the FUSE thread
     /// serving it); see [`parallel`].
     pub verify_threads: usize,
+    /// How many object files are kept open at once; beyond that the least recently read
+    /// are closed, and opened (and checked) again when next read.
+    pub open_files: usize,
 }
 
 /// How one open object's reads are checked.
 enum Check {
-    /// The kernel's fs-verity does it.
-    Kernel,
+    /// The kernel's fs-verity does it (measured equal to this digest).
+    Kernel(Digest),
     Tree(Box<MerkleTree>),
     None,
 }
 
-/// An opened object: the file, its size as the image gives it, and how reads are checked.
+/// An opened object: where its file is, its size as the image gives it, and how reads are
+/// checked. The file itself is in the [`FdPool`] (see [`Objects::file`]).
 pub struct Object {
     /// Cache-wide id, stable for the life of the mount for a given object.
     id: u64,
-    file: File,
+    /// The object file, relative to the objects directory.
+    rel: PathBuf,
     size: u64,
     /// For log lines: the redirect path.
     name: String,
@@ -114,14 +122,10 @@ pub struct Object {
 }
 
 impl Object {
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     /// True when the kernel verifies reads (fs-verity) or nothing needs verifying, so the
     /// file may be handed to the kernel for passthrough reads.
     pub fn kernel_checked(&self) -> bool {
-        matches!(self.check, Check::Kernel)
+        matches!(self.check, Check::Kernel(_))
     }
 
     #[cfg(test)]
@@ -140,6 +144,9 @@ enum ObjectKey {
 /// The object store as seen by a mount: opens objects and serves verified reads.
 pub struct Objects {
     cfg: ReadConfig,
+    /// The objects directory, opened once (retried while it cannot be).
+    dir: OnceLock<Dir>,
+    fds: FdPool,
     sidecars: Sidecars,
     blocks: BlockCache,
     verifier: ParallelVerifier,
@@ -152,7 +159,13 @@ pub struct Objects {
 impl Objects {
     pub fn new(cfg: ReadConfig) -> Self {
         let keep = NonZeroUsize::new(cfg.keep_open).unwrap_or(NonZeroUsize::MIN);
+        let dir = OnceLock::new();
+        if let Ok(d) = Dir::open(&cfg.objects_dir) {
+            let _ = dir.set(d);
+        }
         Objects {
+            dir,
+            fds: FdPool::new(cfg.open_files),
             sidecars: Sidecars::new(cfg.sidecar_dir.clone()),
             blocks: BlockCache::new(cfg.cache_bytes, SEGMENT),
             verifier: ParallelVerifier::new(cfg.verify_threads),
@@ -170,11 +183,29 @@ impl Objects {
 
     /// The object file a redirect names, refusing anything that could leave the store
     /// (`..`, empty components); the image is not trusted to name paths.
+    #[cfg(test)]
     pub fn object_path(&self, redirect: &[u8]) -> Result<PathBuf, ReadError> {
-        let rel = redirect_object_path(redirect).ok_or_else(|| {
-            ReadError::BadRedirect(String::from_utf8_lossy(redirect).into_owned())
-        })?;
-        Ok(self.cfg.objects_dir.join(rel))
+        Ok(self.cfg.objects_dir.join(object_rel(redirect)?))
+    }
+
+    /// The objects directory, opened.
+    fn objects_dir(&self) -> io::Result<&Dir> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d);
+        }
+        let d = Dir::open(&self.cfg.objects_dir)?;
+        Ok(self.dir.get_or_init(|| d))
+    }
+
+    /// Opens an object file for `obj`-to-be of `size` bytes: never through a symlink, never
+    /// blocking, and only a regular file of exactly that size.
+    fn open_object_file(&self, rel: &Path, size: u64, name: &str) -> Result<File, ReadError> {
+        self.objects_dir()
+            .and_then(|d| d.open_file(rel, Expect::Size(size)))
+            .map_err(|source| ReadError::Open {
+                name: name.to_owned(),
+                source,
+            })
     }
 
     /// Opens the object for an external file of `size` bytes.
@@ -194,11 +225,8 @@ impl Objects {
             return Ok(obj.clone());
         }
         let name = String::from_utf8_lossy(redirect).into_owned();
-        let path = self.object_path(redirect)?;
-        let file = File::open(&path).map_err(|source| ReadError::Open {
-            name: name.clone(),
-            source,
-        })?;
+        let rel = object_rel(redirect)?.to_owned();
+        let file = self.open_object_file(&rel, size, &name)?;
         let measured = if kernel::needs_measure(self.cfg.mode, digest.as_ref()) {
             kernel::measure(&file)
         } else {
@@ -211,7 +239,10 @@ impl Objects {
             }
         })?;
         let check = match strategy {
-            Strategy::Kernel => Check::Kernel,
+            Strategy::Kernel => match digest {
+                Some(d) => Check::Kernel(d),
+                None => Check::None,
+            },
             Strategy::Unverified => Check::None,
             Strategy::UserTree(expected) => Check::Tree(Box::new(
                 self.sidecars
@@ -224,13 +255,37 @@ impl Objects {
         };
         let obj = Arc::new(Object {
             id: self.id_for(&key),
-            file,
+            rel,
             size,
             name,
             check,
         });
+        self.fds.put(obj.id, Arc::new(file));
         self.lock_recent().put(key, obj.clone());
         Ok(obj)
+    }
+
+    /// The open file of an object: kept in the [`FdPool`], or opened again if the pool
+    /// closed it (a regular file of the object's size; with kernel verity, measured again).
+    pub fn file(&self, obj: &Object) -> Result<Arc<File>, ReadError> {
+        if let Some(f) = self.fds.get(obj.id) {
+            return Ok(f);
+        }
+        let file = self.open_object_file(&obj.rel, obj.size, &obj.name)?;
+        if let Check::Kernel(expected) = &obj.check {
+            let measured = kernel::measure(&file);
+            if measured != Measured::Enabled(*expected) {
+                return Err(ReadError::Open {
+                    name: obj.name.clone(),
+                    source: io::Error::other(
+                        "reopened, it no longer has the kernel fs-verity digest it had",
+                    ),
+                });
+            }
+        }
+        let file = Arc::new(file);
+        self.fds.put(obj.id, file.clone());
+        Ok(file)
     }
 
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, LruCache<ObjectKey, Arc<Object>>> {
@@ -258,9 +313,10 @@ impl Objects {
             return Ok(());
         }
         match &obj.check {
-            Check::Kernel | Check::None => {
+            Check::Kernel(_) | Check::None => {
+                let file = self.file(obj)?;
                 let at = out.len();
-                let n = read_appending(&obj.file, out, (end - offset) as usize, offset).map_err(
+                let n = read_appending(&file, out, (end - offset) as usize, offset).map_err(
                     |source| ReadError::Io {
                         name: obj.name.clone(),
                         offset,
@@ -354,7 +410,8 @@ impl Objects {
     ) -> Result<(), ReadError> {
         let bs = BLOCK_SIZE as u64;
         let at = out.len();
-        read_appending(&obj.file, out, (stop - start) as usize, start).map_err(|source| {
+        let file = self.file(obj)?;
+        read_appending(&file, out, (stop - start) as usize, start).map_err(|source| {
             ReadError::Io {
                 name: obj.name.clone(),
                 offset: start,
@@ -390,7 +447,8 @@ impl Objects {
         let bs = BLOCK_SIZE as u64;
         // A recycled buffer: every byte of it is overwritten below.
         let mut buf = self.blocks.buffer(&(obj.id, seg), (stop - start) as usize);
-        let n = read_full_at(&obj.file, &mut buf, start).map_err(|source| ReadError::Io {
+        let file = self.file(obj)?;
+        let n = read_full_at(&file, &mut buf, start).map_err(|source| ReadError::Io {
             name: obj.name.clone(),
             offset: start,
             source,
@@ -432,6 +490,13 @@ fn bad_blocks<'a>(
             log::debug!("{err}");
             Some((i, err))
         })
+}
+
+/// The object file a redirect names, relative to the objects directory (see
+/// [`Objects::object_path`]).
+fn object_rel(redirect: &[u8]) -> Result<&Path, ReadError> {
+    redirect_object_path(redirect)
+        .ok_or_else(|| ReadError::BadRedirect(String::from_utf8_lossy(redirect).into_owned()))
 }
 
 /// Appends `len` bytes read at `offset` to `out`, without zeroing the space first: `pread`
@@ -517,6 +582,7 @@ mod tests {
             cache_bytes: 1 << 20,
             keep_open: 4,
             verify_threads: 2,
+            open_files: 64,
         });
         Fixture {
             _dir: dir,
@@ -592,9 +658,19 @@ mod tests {
         let seg = SEGMENT as u64;
         let mut bad = f.data.clone();
         bad[(seg + 3 * 4096 + 100) as usize] ^= 0x01;
-        // The object is also cut short: its last segment is missing its final bytes.
+        // The object is also cut short: its last segment is missing its final bytes. A short
+        // object is refused at open; cut short after the open, its reads are still checked.
         bad.truncate(f.data.len() - 10);
-        let (fresh, obj) = tampered(&f, &bad);
+        let fresh = Objects::new(f.objects.cfg.clone());
+        let obj = fresh
+            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+            .unwrap();
+        fs::write(&f.path, &bad).unwrap();
+        let err = Objects::new(f.objects.cfg.clone())
+            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("expected 300000"), "{err}");
         // Whole segments, as readahead asks for them.
         assert_eq!(
             read_with(&fresh, &obj, 0, SEGMENT as u32).unwrap(),
@@ -714,5 +790,52 @@ mod tests {
             f.objects.open(&f.redirect, Some(f.digest), 10),
             Err(ReadError::Open { .. })
         ));
+    }
+
+    /// More open objects than the descriptor budget: every one still reads right (closed
+    /// descriptors are reopened), and no more than the budget stay open.
+    #[test]
+    fn open_objects_beyond_the_descriptor_budget_still_read() {
+        let f = fixture(VerityMode::Require, 10);
+        let objects = Objects::new(ReadConfig {
+            open_files: 16,
+            keep_open: 1,
+            ..f.objects.cfg.clone()
+        });
+        let mut held = Vec::new();
+        for i in 0..200u32 {
+            let data: Vec<u8> = (0..9000u32).map(|j| ((i * 7 + j) % 251) as u8).collect();
+            let digest = digest_bytes(HashAlg::Sha256, &data);
+            let path = f.objects.cfg.objects_dir.join(digest.object_path());
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, &data).unwrap();
+            let redirect = format!("/{}", digest.object_path()).into_bytes();
+            let obj = objects.open(&redirect, Some(digest), 9000).unwrap();
+            held.push((obj, data));
+        }
+        assert!(objects.fds.len() <= 16, "{}", objects.fds.len());
+        for (obj, data) in held.iter().rev() {
+            assert_eq!(read_with(&objects, obj, 0, 9000).unwrap(), *data);
+        }
+        assert!(objects.fds.len() <= 16);
+    }
+
+    /// Something other than a regular file where the object should be: refused at once.
+    #[test]
+    fn fifos_symlinks_and_devices_are_refused() {
+        let f = fixture(VerityMode::Auto, 10);
+        let c = std::ffi::CString::new(f.path.as_os_str().as_encoded_bytes()).unwrap();
+        for plant in 0..3 {
+            fs::remove_file(&f.path).unwrap();
+            match plant {
+                // SAFETY: a valid NUL-terminated path.
+                0 => assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0),
+                1 => std::os::unix::fs::symlink("/dev/zero", &f.path).unwrap(),
+                _ => std::os::unix::fs::symlink("/etc/passwd", &f.path).unwrap(),
+            }
+            let fresh = Objects::new(f.objects.cfg.clone());
+            let err = fresh.open(&f.redirect, Some(f.digest), 10).err().unwrap();
+            assert!(matches!(err, ReadError::Open { .. }), "{err}");
+        }
     }
 }

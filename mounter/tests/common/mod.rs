@@ -381,6 +381,22 @@ pub fn pread(p: &Path, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A root filesystem tar of regular files (parents implied), mode 0644, owned by root.
+pub fn rootfs_tar<N: AsRef<str>>(path: &Path, files: &[(N, Vec<u8>)]) {
+    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
+    for (name, data) in files {
+        let name = name.as_ref();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn data(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -146,18 +146,25 @@ impl std::fmt::Debug for Image {
 }
 
 impl Image {
-    /// Maps the image file read-only and validates its superblock.
+    /// Maps the image file read-only and validates its superblock. Only a regular file is
+    /// accepted (a FIFO or device is refused at once, never waited on).
+    ///
+    /// For long-lived readers of files others may change (a mount daemon), read the file
+    /// whole and use [`Image::from_bytes`] instead: a mapping of a file truncated later
+    /// faults.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         let io = |source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file: File = crate::store::fsops::open_regular(path, crate::store::fsops::Expect::Any)
+            .map_err(io)?;
         // SAFETY: the file is opened read-only and mapped privately; images are immutable
         // once written (content-addressed), so nothing we hold a reference into changes.
         // The remaining risk is another process truncating the file under us, which turns
         // reads past the new end into SIGBUS; that cannot be prevented by an unprivileged
         // reader of a file it does not own, and stores never truncate images in place.
+        // (The mount, extract and store paths read images whole for that reason.)
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         Self::with_bytes(Bytes::Mmap(map))
     }
