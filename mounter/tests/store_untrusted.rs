@@ -181,6 +181,20 @@ fn images_are_checked_against_their_name() {
             "{err}"
         );
         assert!(!out.join("bash").exists() && !out.join("sda").exists());
+        // Every other command that takes an image from the store refuses it the same way,
+        // and prints nothing of what the crafted image says.
+        for cmd in [
+            vec!["ls", spec.as_str()],
+            vec!["dump", spec.as_str()],
+            vec!["cat", spec.as_str(), "/bash"],
+            vec!["digest", spec.as_str()],
+        ] {
+            let out = w.run(&cmd);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+            assert!(err.contains("changed after import"), "{cmd:?}: {err}");
+            assert!(out.stdout.is_empty(), "{cmd:?} printed {:?}", out.stdout);
+        }
     }
     if common::can_mount("images_are_checked_against_their_name") {
         let mnt = w.work("mnt");

@@ -1,11 +1,11 @@
 //! `imgmount digest`: fs-verity digests of files, like `fsverity digest`.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use imgmount_format::verity::{HashAlg, digest_file};
+use imgmount_format::verity::{HashAlg, digest_bytes, digest_file};
 use serde::Serialize;
 
 use super::registry_args::RegistryArgs;
@@ -57,12 +57,23 @@ pub fn run(args: DigestArgs) -> Result<()> {
     let mut out = BufWriter::new(io::stdout().lock());
     let mut lines = Vec::new();
     for file in &args.files {
-        let path = match file.to_str() {
-            Some(spec) if !file.exists() => find_image(&args.store, spec, &args.registry)?.path,
-            _ => file.clone(),
+        let of_file = |path: &Path| {
+            digest_file(args.hash, path)
+                .with_context(|| format!("computing the fs-verity digest of {}", path.display()))
         };
-        let digest = digest_file(args.hash, &path)
-            .with_context(|| format!("computing the fs-verity digest of {}", path.display()))?;
+        let digest = match file.to_str() {
+            Some(spec) if !file.exists() => {
+                let found = find_image(&args.store, spec, &args.registry)?;
+                // A stored image's bytes were checked against its name: that is its digest,
+                // or the one to hash with another algorithm (never the file read again).
+                match found.stored {
+                    Some(s) if s.digest.alg() == args.hash => s.digest,
+                    Some(s) => digest_bytes(args.hash, &s.bytes),
+                    None => of_file(&found.path)?,
+                }
+            }
+            _ => of_file(file)?,
+        };
         let line = Line {
             file: file.display().to_string(),
             digest: digest.to_string(),

@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use imgmount_format::composefs::tree_from_image;
 use imgmount_format::dumpfile::write_dumpfile;
-use imgmount_format::erofs::reader::Image;
 
 use super::registry_args::RegistryArgs;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
@@ -28,9 +27,9 @@ pub struct DumpArgs {
 }
 
 pub fn run(args: DumpArgs) -> Result<()> {
-    let found = find_image(&args.store, &args.image, &args.registry)?;
-    let shown = found.path.display();
-    let image = Image::open(&found.path).with_context(|| format!("opening {shown}"))?;
+    // A stored image as checked against its name; a file read whole, not mapped.
+    let (path, image) = find_image(&args.store, &args.image, &args.registry)?.open()?;
+    let shown = path.display();
     let tree = tree_from_image(&image).with_context(|| format!("reading {shown}"))?;
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     write_dumpfile(&tree, &mut out)?;

@@ -5,7 +5,6 @@ use std::io::{self, BufWriter, Write};
 use anyhow::{Context, Result};
 use clap::Args;
 use imgmount_format::composefs::tree_from_image;
-use imgmount_format::erofs::reader::Image;
 use imgmount_format::tree::{Directory, LeafContent, Node, RegularFile, Tree};
 use serde::Serialize;
 
@@ -59,9 +58,9 @@ struct Entry {
 }
 
 pub fn run(args: LsArgs) -> Result<()> {
-    let found = find_image(&args.store, &args.image, &args.registry)?;
-    let shown = found.path.display();
-    let image = Image::open(&found.path).with_context(|| format!("opening {shown}"))?;
+    // A stored image as checked against its name; a file read whole, not mapped.
+    let (path, image) = find_image(&args.store, &args.image, &args.registry)?.open()?;
+    let shown = path.display();
     let tree = tree_from_image(&image).with_context(|| format!("reading {shown}"))?;
     let links = tree.stored_link_counts();
     let path = args.path.as_bytes();
