@@ -334,6 +334,24 @@ impl ObjectStore {
         Ok(digest)
     }
 
+    /// A new temporary file (mode 0644) in `dir` holding `data`, fsynced if the store
+    /// fsyncs: for a small file to be given its name with [`TempFile::persist`] (removed
+    /// again if dropped).
+    fn temp_holding(&self, dir: &Dir, data: &[u8]) -> Result<TempFile> {
+        let mut tmp = dir
+            .create_temp(TEMP_PREFIX, 0o644)
+            .map_err(io_err("create a temporary file in", dir.path()))?;
+        tmp.file_mut()
+            .write_all(data)
+            .map_err(io_err("write", &tmp.display()))?;
+        if self.fsync {
+            tmp.file()
+                .sync_all()
+                .map_err(io_err("fsync", &tmp.display()))?;
+        }
+        Ok(tmp)
+    }
+
     fn temp_file(&self) -> Result<TempFile> {
         self.objects_fd
             .create_temp(TEMP_PREFIX, 0o600)

@@ -13,12 +13,11 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use super::fsops::{Dir, Expect, Kind};
+use super::fsops::{self, Dir, Expect, Kind};
 use super::{ObjectStore, Result, StoreError, TEMP_PREFIX, holds_bytes, io_err};
 use crate::verity::{self, Digest, HashAlg};
 
@@ -175,33 +174,24 @@ impl ObjectStore {
             .map_err(io_err("create", &self.root.join(rel)))
     }
 
-    fn lock(&self, op: libc::c_int) -> Result<StoreLock> {
+    fn lock(&self, exclusive: bool) -> Result<StoreLock> {
         let path = self.root.join(LOCK_FILE);
         let file = self
             .root_fd
-            .open_lock_file(LOCK_FILE)
+            .open_or_create_file(LOCK_FILE, 0o644)
             .map_err(io_err("open the lock file", &path))?;
-        loop {
-            // SAFETY: flock only takes a descriptor we own and an operation.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-            if rc == 0 {
-                return Ok(StoreLock { _file: file });
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err("lock", &path)(err));
-            }
-        }
+        fsops::lock(&file, exclusive).map_err(io_err("lock", &path))?;
+        Ok(StoreLock { _file: file })
     }
 
     /// The lock imports hold: any number at once, never beside a `gc`.
     pub fn lock_shared(&self) -> Result<StoreLock> {
-        self.lock(libc::LOCK_SH)
+        self.lock(false)
     }
 
     /// The lock `gc` holds: waits for running imports, keeps new ones out.
     pub fn lock_exclusive(&self) -> Result<StoreLock> {
-        self.lock(libc::LOCK_EX)
+        self.lock(true)
     }
 
     /// Stores an image file; returns its fs-verity digest (its name).
@@ -224,17 +214,7 @@ impl ObjectStore {
         {
             return Ok((digest, false));
         }
-        let mut tmp = dir
-            .create_temp(TEMP_PREFIX, 0o644)
-            .map_err(io_err("create a temporary file in", &self.images_dir()))?;
-        tmp.file_mut()
-            .write_all(image)
-            .map_err(io_err("write", &tmp.display()))?;
-        if self.fsync {
-            tmp.file()
-                .sync_all()
-                .map_err(io_err("fsync", &tmp.display()))?;
-        }
+        let tmp = self.temp_holding(&dir, image)?;
         match existing {
             Ok(None) => {
                 tmp.persist_noclobber(&dir, &hex)

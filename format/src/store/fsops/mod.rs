@@ -714,19 +714,37 @@ impl Dir {
         rustix::fs::syncfs(self.fd()).map_err(Into::into)
     }
 
-    /// Opens (creating it if needed) the regular file `name` here for writing, without
-    /// truncating it: for lock files. Never follows a symlink, never blocks on a FIFO.
-    pub fn open_lock_file(&self, name: impl AsRef<OsStr>) -> io::Result<File> {
+    /// Opens the regular file `name` here for reading and writing, creating it (`mode`,
+    /// before the umask) if it is missing, never truncating it: for lock files and files
+    /// that grow across runs. Never follows a symlink, never blocks on a FIFO; anything but
+    /// a regular file there is refused (a directory with `IsADirectory`).
+    pub fn open_or_create_file(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
         let name = single(name.as_ref())?;
-        let flags = OFlags::WRONLY
+        let flags = OFlags::RDWR
             | OFlags::CREATE
             | OFlags::NOFOLLOW
             | OFlags::NONBLOCK
             | OFlags::NOCTTY
             | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(self.fd(), name, flags, Mode::from_raw_mode(0o644))
-            .map_err(explain)?;
+        let fd = rustix::fs::openat(self.fd(), name, flags, Mode::from_raw_mode(mode))
+            .map_err(|e| explain_at(self.fd(), name, e))?;
         check_file(File::from(fd), Expect::Any)
+    }
+}
+
+/// Takes an advisory `flock` on an open file (shared or exclusive), waiting while others
+/// hold it in the other way.
+pub fn lock(file: &File, exclusive: bool) -> io::Result<()> {
+    let op = if exclusive {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::LockShared
+    };
+    loop {
+        match rustix::fs::flock(file, op) {
+            Err(Errno::INTR) => continue,
+            r => return r.map_err(Into::into),
+        }
     }
 }
 
