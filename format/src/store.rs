@@ -25,7 +25,6 @@ pub mod fsops;
 mod images;
 mod layers;
 mod maintenance;
-pub mod nofollow;
 mod staging;
 
 pub use downloads::{DOWNLOADS_DIR, Download};

@@ -22,7 +22,6 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io::{self, Read};
-use std::path::PathBuf;
 use std::rc::Rc;
 
 use super::OciError;
@@ -33,6 +32,7 @@ use super::layer_record::{
     RecordReplay, RecordWriter, Recording, RecordingSink, record_is_plausible,
 };
 use crate::erofs::writer::{WriteOptions, write_image};
+use crate::store::fsops::TempFile;
 use crate::store::{ObjectStore, Staging};
 use crate::tree::{LeafContent, RegularFile, Tree};
 use crate::verity::Digest;
@@ -97,7 +97,7 @@ pub struct Applier<'s> {
     layers: usize,
     reused_layers: usize,
     /// New records (in the staging area) and the diff_ids they are for.
-    records: Vec<(PathBuf, String)>,
+    records: Vec<(TempFile, String)>,
     record_objects: HashSet<Digest>,
     /// The diff_id of every layer applied, bottom first; `None` once a layer
     /// had none.
@@ -219,11 +219,8 @@ impl<'s> Applier<'s> {
         let mut tally = Tally::new(tar, alg, self.budget);
         let exceeded = tally.exceeded_flag();
         let record = layer.diff_id.and_then(|d| {
-            let path = self
-                .staging
-                .path()
-                .join(format!("record-{}", self.records.len()));
-            RecordWriter::create(&path, self.opts.hash, d)
+            let file = self.staging.dir().create_temp("record-", 0o644).ok()?;
+            RecordWriter::create(file, self.opts.hash, d)
                 .ok()
                 .map(|w| Rc::new(RefCell::new(w)))
         });
@@ -267,8 +264,8 @@ impl<'s> Applier<'s> {
         if let (Some(rec), Some(d)) = (record, layer.diff_id) {
             let rec = Rc::try_unwrap(rec).map(RefCell::into_inner);
             // A layer without a record is only a layer that is not deduplicated.
-            if let Ok(Ok((path, objects))) = rec.map(RecordWriter::finish) {
-                self.records.push((path, d.to_string()));
+            if let Ok(Ok((file, objects))) = rec.map(RecordWriter::finish) {
+                self.records.push((file, d.to_string()));
                 self.record_objects.extend(objects);
             }
         }
@@ -303,8 +300,8 @@ impl<'s> Applier<'s> {
         if let Some(tag) = &opts.tag {
             store.check_tag_free(tag)?;
         }
-        for (path, diff_id) in &records {
-            store.commit_layer_record(path, opts.hash, diff_id)?;
+        for (file, diff_id) in records {
+            store.commit_layer_record(file, opts.hash, &diff_id)?;
         }
         let new_objects =
             staging.commit_only(|d| referenced.contains(d) || record_objects.contains(d))?;
@@ -345,7 +342,7 @@ pub fn reuse_image(
         return Ok(None);
     };
     let want: Vec<String> = diff_ids.iter().map(|d| d.to_string()).collect();
-    if store.image_layers(&digest).as_ref() != Some(&want) || !store.image_is_intact(&digest)? {
+    if store.image_layers(&digest).as_ref() != Some(&want) || !store.image_is_intact(&digest) {
         return Ok(None);
     }
     Ok(Some(Imported {

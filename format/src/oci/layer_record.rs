@@ -33,7 +33,6 @@
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use xxhash_rust::xxh3::Xxh3;
@@ -41,7 +40,7 @@ use xxhash_rust::xxh3::Xxh3;
 use super::blob::{BlobAlg, BlobDigest};
 use super::layer::ObjectSink;
 use crate::store::ObjectStore;
-use crate::store::nofollow::open_regular;
+use crate::store::fsops::{Expect, TempFile};
 use crate::verity::{self, Digest, HashAlg};
 
 const MAGIC: &[u8; 8] = b"IMGLREC1";
@@ -158,7 +157,8 @@ struct ObjectSpan {
 /// Builds a record while a layer is applied; see the module documentation.
 pub struct RecordWriter {
     out: Option<zstd::stream::write::Encoder<'static, BufWriter<File>>>,
-    path: PathBuf,
+    /// The record being written (removed if dropped unnamed, as on a failure).
+    file: TempFile,
     literal: Vec<u8>,
     pos: u64,
     object: Option<ObjectSpan>,
@@ -168,14 +168,14 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
-    /// Starts a record in a new file at `path` (in an import's staging area).
-    pub fn create(path: &Path, verity: HashAlg, diff_id: &BlobDigest) -> io::Result<Self> {
-        let file = File::create(path)?;
-        let mut out = zstd::stream::write::Encoder::new(BufWriter::new(file), 3)?;
+    /// Starts a record in `file`, a new temporary file (in an import's staging area).
+    pub fn create(file: TempFile, verity: HashAlg, diff_id: &BlobDigest) -> io::Result<Self> {
+        let writer = file.file().try_clone()?;
+        let mut out = zstd::stream::write::Encoder::new(BufWriter::new(writer), 3)?;
         write_header(&mut out, verity, diff_id)?;
         Ok(RecordWriter {
             out: Some(out),
-            path: path.to_owned(),
+            file,
             literal: Vec::new(),
             pos: 0,
             object: None,
@@ -196,7 +196,10 @@ impl RecordWriter {
         if let Some(out) = &mut self.out
             && let Err(e) = out.write_all(bytes)
         {
-            self.fail(format!("cannot write {}: {e}", self.path.display()));
+            self.fail(format!(
+                "cannot write {}: {e}",
+                self.file.display().display()
+            ));
         }
     }
 
@@ -262,8 +265,9 @@ impl RecordWriter {
     }
 
     /// Ends the record after the whole tar (to its very end) has passed;
-    /// returns its path and the objects it names, or why there is none.
-    pub fn finish(mut self) -> Result<(PathBuf, Vec<Digest>), String> {
+    /// returns its file (still under its temporary name) and the objects it
+    /// names, or why there is none (then the file is gone).
+    pub fn finish(mut self) -> Result<(TempFile, Vec<Digest>), String> {
         if self.object.is_some() {
             self.fail("the tar ended inside a file's content".into());
         }
@@ -272,7 +276,6 @@ impl RecordWriter {
         self.write(&[SEG_END]);
         self.write(&total.to_le_bytes());
         if let Some(why) = self.failed.take() {
-            let _ = std::fs::remove_file(&self.path);
             return Err(why);
         }
         let done = match self.out.take() {
@@ -283,11 +286,11 @@ impl RecordWriter {
             None => Err(io::Error::other("no output")),
         };
         match done {
-            Ok(()) => Ok((self.path, self.objects)),
-            Err(e) => {
-                let _ = std::fs::remove_file(&self.path);
-                Err(format!("cannot write {}: {e}", self.path.display()))
-            }
+            Ok(()) => Ok((self.file, self.objects)),
+            Err(e) => Err(format!(
+                "cannot write {}: {e}",
+                self.file.display().display()
+            )),
         }
     }
 }
@@ -434,14 +437,12 @@ impl RecordReplay {
             SEG_OBJECT => {
                 let size = read_u64(&mut self.src)?;
                 let digest = read_digest(&mut self.src, self.verity)?;
-                let path = self.store.object_path(&digest);
-                let (file, len) = open_regular(&path, None)
-                    .map_err(|e| invalid(format!("object {digest}: {e}")))?;
-                if len != size {
-                    return Err(invalid(format!(
-                        "object {digest} has {len} bytes, the record says {size}"
-                    )));
-                }
+                // A regular file of the recorded size, through no symlink.
+                let file = self
+                    .store
+                    .objects_fd()
+                    .open_file(digest.object_path(), Expect::Size(size))
+                    .map_err(|e| invalid(format!("object {digest} (of {size} bytes): {e}")))?;
                 Segment::Object {
                     file,
                     remaining: size,
@@ -619,10 +620,9 @@ pub fn record_is_plausible(
         Ok(r) => {
             r.verity == verity
                 && &r.diff_id == diff_id
-                && r.objects.iter().all(|(d, size)| {
-                    std::fs::symlink_metadata(store.object_path(d))
-                        .is_ok_and(|m| m.is_file() && m.len() == *size)
-                })
+                && r.objects
+                    .iter()
+                    .all(|(d, size)| store.object_size(d) == Some(*size))
         }
         Err(_) => false,
     }
@@ -632,10 +632,13 @@ pub fn record_is_plausible(
 mod tests {
     use std::io::Seek;
 
+    use std::path::{Path, PathBuf};
+
     use sha2::{Digest as _, Sha256};
 
     use super::*;
     use crate::oci::{Limits, TreeBuilder};
+    use crate::store::fsops::Dir;
 
     /// Stores content in the store directly (a test's stand-in for staging).
     struct StoreSink<'a>(&'a ObjectStore);
@@ -669,7 +672,9 @@ mod tests {
 
     /// Applies `tar` recording it; returns the tree and the record's path.
     fn record(store: &ObjectStore, dir: &Path, tar: &[u8]) -> (crate::tree::Tree, PathBuf) {
-        let rec = RecordWriter::create(&dir.join("rec"), HashAlg::Sha256, &diff_id(tar)).unwrap();
+        let dir = Dir::open(dir).unwrap();
+        let tmp = dir.create_temp("rec-", 0o600).unwrap();
+        let rec = RecordWriter::create(tmp, HashAlg::Sha256, &diff_id(tar)).unwrap();
         let rec = Rc::new(RefCell::new(rec));
         let mut inner = StoreSink(store);
         let mut sink = RecordingSink {
@@ -683,9 +688,10 @@ mod tests {
         stream.drain().unwrap();
         drop((sink, stream));
         let rec = Rc::try_unwrap(rec).ok().unwrap().into_inner();
-        let (path, objects) = rec.finish().unwrap();
+        let (file, objects) = rec.finish().unwrap();
         assert_eq!(objects.len(), 2, "two files above the inline size");
-        (b.finish(), path)
+        file.persist(&dir, "rec").unwrap();
+        (b.finish(), dir.display("rec"))
     }
 
     #[test]

@@ -13,14 +13,15 @@
 //! of the same blob take turns instead of interleaving their writes; the
 //! second finds the blob complete and checks it instead of fetching it.
 
-use std::fs::{self, File};
+use std::ffi::OsString;
+use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::fsops::{self, Dir, Kind};
 use super::layers::split_content_digest;
-use super::nofollow::{is_real_dir, open_regular_rw};
+use super::maintenance::subdir_or_remove;
 use super::{ObjectStore, Result, StoreError, io_err};
 
 pub const DOWNLOADS_DIR: &str = "downloads";
@@ -29,20 +30,11 @@ pub const DOWNLOADS_DIR: &str = "downloads";
 #[derive(Debug)]
 pub struct Download {
     file: File,
+    /// Its directory, `downloads/<alg>`, and its name there.
+    dir: Dir,
+    name: OsString,
+    /// For messages.
     path: PathBuf,
-}
-
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: flock only takes a descriptor we own and an operation.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }
 
 impl ObjectStore {
@@ -61,33 +53,38 @@ impl ObjectStore {
                 "{digest:?} is not a sha256:HEX or sha512:HEX digest"
             ))
         })?;
-        let dir = self.downloads_dir().join(alg);
-        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        if !is_real_dir(&self.downloads_dir()) || !is_real_dir(&dir) {
-            return Err(StoreError::Corrupt {
-                path: dir,
-                reason: "is not a directory".into(),
-            });
-        }
-        let path = dir.join(hex);
+        // Created through no symlink: one where a directory belongs is an error
+        // (`gc` removes it), never a way out of the store.
+        let dir = self.subdir_created(&format!("{DOWNLOADS_DIR}/{alg}"))?;
+        let path = dir.display(hex);
         // Bounded: each round either wins the lock on the file the name still
         // names, or finds the name replaced (removed by the pull that held it).
         for _ in 0..16 {
-            let file = match open_regular_rw(&path) {
-                Ok((f, _)) => f,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData || is_loop(&e) => {
-                    // A symlink, FIFO or directory where a download belongs:
-                    // not ours, and in the way.
-                    remove_any(&path)?;
+            let file = match dir.open_or_create_file(hex, 0o600) {
+                Ok(f) => f,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidData | io::ErrorKind::IsADirectory
+                    ) =>
+                {
+                    // A symlink, FIFO, device or directory where a download
+                    // belongs: not ours, and in the way.
+                    dir.remove_all(hex).map_err(io_err("remove", &path))?;
                     continue;
                 }
                 Err(e) => return Err(io_err("open", &path)(e)),
             };
-            flock(&file, libc::LOCK_EX).map_err(io_err("lock", &path))?;
+            fsops::lock(&file, true).map_err(io_err("lock", &path))?;
             let held = file.metadata().map_err(io_err("stat", &path))?;
-            match fs::symlink_metadata(&path) {
-                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
-                    return Ok(Download { file, path });
+            match dir.metadata(hex).map_err(io_err("stat", &path))? {
+                Some(now) if now.ino == held.ino() && now.dev == held.dev() => {
+                    return Ok(Download {
+                        file,
+                        dir,
+                        name: hex.into(),
+                        path,
+                    });
                 }
                 _ => continue,
             }
@@ -99,54 +96,35 @@ impl ObjectStore {
     }
 
     /// The part of `gc` that concerns downloads: all of them go (gc holds the
-    /// exclusive lock, so no pull is running).
+    /// exclusive lock, so no pull is running), and so does anything that is
+    /// not a directory where theirs should be, as the entry itself.
     pub(super) fn gc_downloads(&self, dry_run: bool, report: &mut super::GcReport) -> Result<()> {
-        let dir = self.downloads_dir();
-        if fs::symlink_metadata(&dir).is_err() {
+        let (dir, junk) = subdir_or_remove(&self.root_fd, DOWNLOADS_DIR, dry_run)?;
+        report.removed_downloads += usize::from(junk);
+        let Some(dir) = dir else {
             return Ok(());
-        }
-        if !is_real_dir(&dir) {
-            report.removed_downloads += 1;
-            return if dry_run { Ok(()) } else { remove_any(&dir) };
-        }
-        for entry in fs::read_dir(&dir).map_err(io_err("list", &dir))? {
-            let entry = entry.map_err(io_err("list", &dir))?;
-            let path = entry.path();
-            let ft = entry.file_type().map_err(io_err("stat", &path))?;
-            if !ft.is_dir() {
-                report.removed_downloads += 1;
-                if !dry_run {
-                    remove_any(&path)?;
-                }
+        };
+        for entry in dir.entries().map_err(io_err("list", dir.path()))? {
+            let (sub, junk) = subdir_or_remove(&dir, &entry.name, dry_run)?;
+            report.removed_downloads += usize::from(junk);
+            let Some(sub) = sub else {
                 continue;
-            }
-            for blob in fs::read_dir(&path).map_err(io_err("list", &path))? {
-                let blob = blob.map_err(io_err("list", &path))?;
-                let meta = blob.metadata().map_err(io_err("stat", &blob.path()))?;
+            };
+            for blob in sub.entries().map_err(io_err("list", sub.path()))? {
+                let path = sub.display(&blob.name);
                 report.removed_downloads += 1;
-                report.removed_download_bytes += if meta.is_file() { meta.len() } else { 0 };
+                if blob.kind == Kind::File {
+                    let meta = sub.metadata(&blob.name).map_err(io_err("stat", &path))?;
+                    report.removed_download_bytes += meta.map_or(0, |m| m.len);
+                }
                 if !dry_run {
-                    remove_any(&blob.path())?;
+                    sub.remove_all(&blob.name)
+                        .map_err(io_err("remove", &path))?;
                 }
             }
         }
         Ok(())
     }
-}
-
-fn is_loop(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ELOOP)
-}
-
-/// Removes a file, symlink, FIFO or directory tree at `path`.
-fn remove_any(path: &Path) -> Result<()> {
-    let res = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    };
-    res.map_err(io_err("remove", path))
 }
 
 impl Download {
@@ -180,16 +158,16 @@ impl Download {
 
     /// Removes it: the blob is in the store now, or proved bad.
     pub fn remove(self) -> Result<()> {
-        match fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", &self.path)(e)),
-        }
+        self.dir
+            .remove_file(&self.name)
+            .map(drop)
+            .map_err(io_err("remove", &self.path))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::io::Write;
     use std::sync::mpsc;
     use std::time::Duration;

@@ -179,6 +179,31 @@ fn walk_fanout(root: Option<&Dir>, stray: &mut Vec<Stray>) -> Result<Vec<Named>>
     Ok(out)
 }
 
+/// For gc: the directory `name` in `parent`, if it is one. Anything else there (a symlink
+/// to elsewhere, a file, a FIFO) is removed as the entry itself, never followed, unless
+/// `dry_run`; the flag says whether there was such a thing.
+pub(super) fn subdir_or_remove(
+    parent: &Dir,
+    name: impl AsRef<OsStr>,
+    dry_run: bool,
+) -> Result<(Option<Dir>, bool)> {
+    let name = name.as_ref();
+    let path = || parent.display(name);
+    match parent.metadata(name).map_err(io_err("stat", &path()))? {
+        None => Ok((None, false)),
+        Some(m) if m.kind == Kind::Dir => {
+            let dir = parent.open_dir(name).map_err(io_err("open", &path()))?;
+            Ok((Some(dir), false))
+        }
+        Some(_) => {
+            if !dry_run {
+                parent.remove_all(name).map_err(io_err("remove", &path()))?;
+            }
+            Ok((None, true))
+        }
+    }
+}
+
 /// The objects an image references (its redirects), from its bytes.
 pub(super) fn image_bytes_objects(path: &Path, bytes: Vec<u8>) -> Result<HashSet<Digest>> {
     let corrupt = |reason: String| StoreError::Corrupt {
@@ -294,18 +319,11 @@ impl ObjectStore {
         }
         // No import runs (we hold the exclusive lock): every staging directory,
         // and every temporary image or tag, is left over from a crash.
-        if let Some(m) = self.root_fd.metadata(TMP_DIR).ok().flatten()
-            && m.kind != Kind::Dir
-        {
-            // A symlink (or anything else) where the scratch directory should be: removed as
-            // the entry itself, never followed.
-            report.removed_temp += 1;
-            if !dry_run {
-                self.root_fd
-                    .remove_file(TMP_DIR)
-                    .map_err(io_err("remove", &self.root.join(TMP_DIR)))?;
-            }
-        } else if let Some(tmp) = self.subdir(TMP_DIR)? {
+        // A symlink (or anything else) where the scratch directory should be is removed as
+        // the entry itself, never followed.
+        let (tmp, junk) = subdir_or_remove(&self.root_fd, TMP_DIR, dry_run)?;
+        report.removed_temp += usize::from(junk);
+        if let Some(tmp) = tmp {
             for entry in tmp.entries().map_err(io_err("list", tmp.path()))? {
                 report.removed_temp += 1;
                 if !dry_run {

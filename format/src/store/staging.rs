@@ -96,6 +96,12 @@ impl Staging<'_> {
         self.dir.path()
     }
 
+    /// The staging directory, opened: for other files of the import (layer records)
+    /// that must stay inside the store until it commits, and vanish with it otherwise.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
     /// Stores what `data` yields in one pass: hashing, Merkle tree and copy
     /// together. Content already in the store (and intact there) or already
     /// staged is not kept twice. Returns the digest and the byte count.
