@@ -265,6 +265,15 @@ impl ObjectStore {
             .map(|m| m.len)
     }
 
+    /// Whether the object stored under this digest's name is a regular file whose content
+    /// has that digest (read whole: the one sure check without kernel fs-verity).
+    pub fn object_is_intact(&self, digest: &Digest) -> bool {
+        self.objects_fd
+            .open_file(digest.object_path(), Expect::Any)
+            .and_then(|f| verity::digest_reader(digest.alg(), f))
+            .is_ok_and(|actual| actual == *digest)
+    }
+
     /// Opens a stored object for reading: a regular file, never through a symlink, never
     /// blocking. Its content is not checked against the digest.
     pub fn open_object(&self, digest: &Digest) -> Result<File> {

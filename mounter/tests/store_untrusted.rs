@@ -791,3 +791,42 @@ fn importing_again_repairs_what_fsck_found() {
     w.ok(&["extract", "app", out.to_str().unwrap()]);
     assert_eq!(fs::read(out.join("big")).unwrap(), big);
 }
+
+/// The registry's reuse of an image by its manifest (and of layers by their records) must not
+/// make "import it again" stop repairing: an OCI layout imported again, with one of its
+/// objects changed and another replaced by a symlink, gets both back.
+#[test]
+fn importing_a_layout_again_repairs_its_objects() {
+    let w = World::new();
+    let big = data(30, 100_000);
+    let small = data(31, 9_000);
+    let layer = w.work("layer.tar");
+    rootfs_tar(&layer, &[("big", big.clone()), ("small", small.clone())]);
+    let layout = w.work("layout");
+    write_oci_layout(&layout, &fs::read(&layer).unwrap());
+    let source = format!("oci:{}:t", layout.display());
+    w.ok(&["import", &source, "--tag", "app", "--no-sync"]);
+    let sentinel = w.sentinel();
+
+    // One at a time: a changed object is still present, a symlink is not.
+    let mut flipped = big.clone();
+    flipped[70_000] ^= 0x10;
+    fs::write(w.object(&big), &flipped).unwrap();
+    w.ok(&["import", &source, "--tag", "app", "--no-sync"]);
+    assert!(fs::read(w.object(&big)).unwrap() == big, "big not repaired");
+    w.ok(&["fsck"]);
+    replace(&w.object(&small), |p| {
+        symlink(w.outside.join("precious"), p).unwrap()
+    });
+    w.ok(&["import", &source, "--tag", "app", "--no-sync"]);
+    assert!(!fs::symlink_metadata(w.object(&small)).unwrap().is_symlink());
+    assert!(
+        fs::read(w.object(&small)).unwrap() == small,
+        "small not repaired"
+    );
+    w.ok(&["fsck"]);
+    assert_eq!(w.sentinel(), sentinel);
+    let out = w.work("out");
+    w.ok(&["extract", "app", out.to_str().unwrap()]);
+    assert!(fs::read(out.join("big")).unwrap() == big);
+}

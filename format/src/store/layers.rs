@@ -17,8 +17,8 @@
 //! rebuilds from the objects hashes to the `diff_id` that names it (else the
 //! layer is fetched again); a manifest's image only if the image file has its
 //! digest (read whole and checked, [`ObjectStore::load_image`]), the
-//! `diff_id`s listed for it are the manifest's, and the objects it names are
-//! present. Everything is reached through [`super::fsops`]
+//! `diff_id`s listed for it are the manifest's, and the objects it names hold
+//! their digests' content. Everything is reached through [`super::fsops`]
 //! below the store root: no symlink is followed, no FIFO or device is opened
 //! for reading, nothing is read past the size it may have, and anything
 //! malformed reads as "not recorded".
@@ -201,10 +201,13 @@ impl ObjectStore {
 
     /// Whether the stored image `digest` can stand for a new import of what
     /// produced it: its file is read whole and has that digest, and every
-    /// object it names is present (as a regular file).
+    /// object it names is stored with its digest's content. (Checking the
+    /// objects' bytes, not only their presence, is what keeps "import it
+    /// again" a repair when the image's objects were damaged: then the layers
+    /// are applied again, and their content replaces the bad objects.)
     pub fn image_is_intact(&self, digest: &Digest) -> bool {
         self.stored_image_objects(digest)
-            .is_ok_and(|objects| objects.iter().all(|d| self.contains(d)))
+            .is_ok_and(|objects| objects.iter().all(|d| self.object_is_intact(d)))
     }
 
     /// The part of `gc` that concerns layer records: removes records no live
