@@ -794,7 +794,8 @@ fn importing_again_repairs_what_fsck_found() {
 
 /// The registry's reuse of an image by its manifest (and of layers by their records) must not
 /// make "import it again" stop repairing: an OCI layout imported again, with one of its
-/// objects changed and another replaced by a symlink, gets both back.
+/// objects changed and another replaced by a symlink, gets both back, and the store's
+/// record and manifest directories planted with symlinks are refused, never followed.
 #[test]
 fn importing_a_layout_again_repairs_its_objects() {
     let w = World::new();
@@ -824,6 +825,27 @@ fn importing_a_layout_again_repairs_its_objects() {
         fs::read(w.object(&small)).unwrap() == small,
         "small not repaired"
     );
+    w.ok(&["fsck"]);
+
+    // Record and manifest directories that are symlinks to elsewhere: an import that would
+    // write there fails naming them, and nothing outside changes; fsck --repair removes
+    // the links, and the import goes through.
+    w.ok(&["rm", "app"]);
+    w.ok(&["gc"]);
+    fs::remove_dir_all(w.store.join("layers")).unwrap();
+    symlink(w.outside.join("a"), w.store.join("layers")).unwrap();
+    fs::remove_dir_all(w.store.join("manifests")).unwrap();
+    symlink(w.outside.join("c"), w.store.join("manifests")).unwrap();
+    let err = w.fails(&["import", &source, "--tag", "app", "--no-sync"]);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(w.sentinel(), sentinel);
+    let out = w.run(&["fsck", "--repair"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("layers") && text.contains("manifests"),
+        "{text}"
+    );
+    w.ok(&["import", &source, "--tag", "app", "--no-sync"]);
     w.ok(&["fsck"]);
     assert_eq!(w.sentinel(), sentinel);
     let out = w.work("out");

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use super::fsops::{Dir, Expect, Kind};
 use super::images::{IMAGES_DIR, REFS_DIR, digest_from_hex};
 use super::staging::TMP_DIR;
+use super::{DOWNLOADS_DIR, LAYERS_DIR, MANIFESTS_DIR};
 use super::{ObjectStore, Result, StoreError, TEMP_PREFIX, io_err};
 use crate::erofs::reader::Image;
 use crate::verity::{self, Digest, MerkleTree};
@@ -395,7 +396,14 @@ impl ObjectStore {
         // not looked into.
         let mut tops = vec![self.sidecar_rel()];
         if !self.bare {
-            tops.extend([IMAGES_DIR, REFS_DIR, TMP_DIR]);
+            tops.extend([
+                IMAGES_DIR,
+                REFS_DIR,
+                TMP_DIR,
+                LAYERS_DIR,
+                MANIFESTS_DIR,
+                DOWNLOADS_DIR,
+            ]);
         }
         let mut unusable = HashSet::new();
         for top in tops {
