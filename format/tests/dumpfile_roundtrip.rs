@@ -1,8 +1,11 @@
 //! Dumpfile parsing and printing: exact round trips, agreement with the composefs crate
 //! (whose writer is byte-identical to C mkcomposefs), and robustness on mutated input.
 
+mod common;
+
 use std::collections::HashMap;
 
+use common::Rng;
 use imgmount_format::composefs::tree_from_image;
 use imgmount_format::dumpfile::{
     DumpfileError, Reason, erofs_dir_size, parse_dumpfile, write_dumpfile_to_string,
@@ -575,20 +578,6 @@ fn image_written_by_composefs_reads_back_as_the_tree() {
 }
 
 // ---- mutated input ----------------------------------------------------------------------
-
-/// xorshift64*: deterministic and dependency free.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 #[test]
 fn mutated_dumpfiles_never_panic() {

@@ -20,12 +20,15 @@
 
 mod oci_util;
 
+mod common;
+
 use std::io::{self, Read};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
+use common::Rng;
 use imgmount_format::composefs::tree_from_image;
 use imgmount_format::dumpfile::{parse_dumpfile, write_dumpfile_to_string};
 use imgmount_format::erofs::reader::Image;
@@ -50,9 +53,7 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
-/// xorshift64*.
-struct Rng(u64);
-
+/// The generator for one input: its seed mixed with the target's name and the iteration.
 impl Rng {
     fn new(seed: u64, target: &str, iteration: u64) -> Self {
         let mut h = seed ^ 0x9e37_79b9_7f4a_7c15;
@@ -60,17 +61,6 @@ impl Rng {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         Rng((h ^ iteration.wrapping_mul(0xbf58_476d_1ce4_e5b9)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
     }
 }
 

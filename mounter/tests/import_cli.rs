@@ -21,14 +21,7 @@ fn run(store: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(store: &Path, args: &[&str]) -> String {
-    let out = run(store, args);
-    assert!(
-        out.status.success(),
-        "imgmount {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::success_stdout(args, run(store, args))
 }
 
 fn images(store: &Path) -> Vec<serde_json::Value> {

@@ -239,6 +239,18 @@ impl Drop for KernelMount {
     }
 }
 
+/// The stdout of a run of imgmount `args` that must have succeeded (else the test fails,
+/// showing the exit status and stderr).
+pub fn success_stdout(args: &[&str], out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "imgmount {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn run(cmd: &str, args: &[&str], paths: &[&Path]) {
     let out = Command::new(cmd).args(args).args(paths).output().unwrap();
     assert!(

@@ -118,14 +118,7 @@ impl World {
 
     /// Like [`World::run`], asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "imgmount {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::common::success_stdout(args, self.run(args))
     }
 
     /// Like [`World::run`], asserting exit status 1; returns stderr.
