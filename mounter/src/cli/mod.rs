@@ -6,6 +6,7 @@ pub mod digest;
 pub mod dump;
 pub mod ls;
 pub mod mount;
+pub mod stats;
 pub mod umount;
 // Store commands (issue #4).
 pub mod extract;

@@ -7,8 +7,15 @@
 //! for inline ones. The image is immutable, so the kernel is told to cache everything for a
 //! long time: entries and attributes, file pages (FOPEN_KEEP_CACHE), directory pages
 //! (FOPEN_CACHE_DIR) and symlink targets.
+//!
+//! A session serves `guard::Guarded(ImgFs)`, so a panic in one handler fails only that
+//! request (a handler added here must be forwarded there too). Opens and READs are counted
+//! in [`stats::ServeStats`].
 
+pub mod daemon;
+pub mod guard;
 pub mod session;
+pub mod stats;
 pub mod view;
 
 use std::collections::HashMap;
@@ -28,6 +35,7 @@ use imgmount_format::erofs::format::{BLOCK_SIZE, FileType};
 use imgmount_format::erofs::reader::{DirEntry, Image, ImageError, Inode};
 
 use crate::read::{Object, Objects};
+use stats::ServeStats;
 use view::InoMap;
 
 /// How long the kernel may cache entries and attributes: the image never changes.
@@ -56,6 +64,7 @@ pub struct ImgFs {
     opts: FsOptions,
     /// Whether the kernel agreed to passthrough at INIT.
     passthrough: bool,
+    stats: Arc<ServeStats>,
 }
 
 /// Logs an image error (the image is corrupt or unsupported there) and maps it to EIO.
@@ -74,7 +83,13 @@ impl ImgFs {
             next_fh: AtomicU64::new(1),
             opts,
             passthrough: false,
+            stats: Arc::new(ServeStats::new()),
         }
+    }
+
+    /// The mount's counters, shared with whoever reports them.
+    pub fn stats(&self) -> Arc<ServeStats> {
+        self.stats.clone()
     }
 
     fn inode(&self, ino: INodeNo) -> Result<Inode<'_>, Errno> {
@@ -105,6 +120,7 @@ impl ImgFs {
     }
 
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, Errno> {
+        guard::debug_panic_on_lookup(name.as_bytes());
         let dir = self.inode(parent)?;
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -310,7 +326,11 @@ impl Filesystem for ImgFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino, flags, &reply) {
+        let opened = self.do_open(ino, flags, &reply);
+        if let Ok((_, backing)) = &opened {
+            self.stats.opened(ino.0, backing.is_some());
+        }
+        match opened {
             Ok((fh, None)) => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
             // Passthrough opens must not ask to keep the page cache: the kernel answers EIO
             // to that combination.
@@ -337,7 +357,10 @@ impl Filesystem for ImgFs {
             let mut buf = buf.borrow_mut();
             buf.clear();
             match self.do_read(ino, fh, offset, size, &mut buf) {
-                Ok(()) => reply.data(&buf),
+                Ok(()) => {
+                    self.stats.read(ino.0, buf.len());
+                    reply.data(&buf)
+                }
                 Err(e) => reply.error(e),
             }
             // Do not keep an unusually large buffer around.
