@@ -39,6 +39,7 @@ enum Command {
     Rm(cli::rm::RmArgs),
     Gc(cli::gc::GcArgs),
     Fsck(cli::fsck::FsckArgs),
+    EnableVerity(cli::enable_verity::EnableVerityArgs),
     Extract(cli::extract::ExtractArgs),
 }
 
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         Command::Rm(args) => cli::rm::run(args),
         Command::Gc(args) => cli::gc::run(args),
         Command::Fsck(args) => cli::fsck::run(args),
+        Command::EnableVerity(args) => cli::enable_verity::run(args),
         Command::Extract(args) => cli::extract::run(args),
     };
     match result {

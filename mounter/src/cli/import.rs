@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use imgmount_format::oci::{self, ImportOptions, ImportProgress, Imported, Limits, Source};
 use imgmount_format::store::ObjectStore;
@@ -58,6 +58,10 @@ pub struct ImportArgs {
     /// Do not flush to disk before naming objects (faster; for throwaway stores).
     #[arg(long)]
     pub no_sync: bool,
+    /// Turn on kernel fs-verity for every object of the image (see
+    /// `imgmount enable-verity`); fails if the store's filesystem cannot.
+    #[arg(long)]
+    pub enable_verity: bool,
 }
 
 #[derive(Serialize)]
@@ -69,6 +73,8 @@ struct Report<'a> {
     files: u64,
     bytes: u64,
     new_objects: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verity_enabled: Option<usize>,
 }
 
 pub fn run(args: ImportArgs) -> Result<()> {
@@ -94,6 +100,29 @@ pub fn run(args: ImportArgs) -> Result<()> {
         .with_context(|| format!("importing {source}"));
     progress.finish();
     let imported = imported?;
+    let verity = if args.enable_verity {
+        let objects: Vec<_> = store
+            .image_objects(&imported.image_path)?
+            .into_iter()
+            .map(|d| (d, store.object_path(&d)))
+            .collect();
+        let show = std::io::stderr().is_terminal() && !args.json;
+        let report = super::enable_verity::enable_objects(&objects, show)
+            .context("enabling fs-verity on the imported objects")?;
+        for p in &report.problems {
+            eprintln!("imgmount: {}: {}", p.path, p.reason);
+        }
+        if !report.problems.is_empty() {
+            bail!(
+                "imported {}, but {} of its objects have no fs-verity",
+                imported.digest,
+                report.problems.len()
+            );
+        }
+        Some(report.enabled + report.already)
+    } else {
+        None
+    };
     if args.json {
         let report = Report {
             digest: imported.digest.to_string(),
@@ -103,6 +132,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
             files: imported.files,
             bytes: imported.bytes,
             new_objects: imported.new_objects,
+            verity_enabled: verity,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

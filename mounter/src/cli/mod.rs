@@ -4,6 +4,7 @@ pub mod cat;
 pub mod create;
 pub mod digest;
 pub mod dump;
+pub mod enable_verity;
 pub mod ls;
 pub mod mount;
 pub mod stats;
