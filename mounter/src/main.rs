@@ -3,6 +3,7 @@
 //! This file only parses the command line and dispatches; each subcommand lives
 //! in its own file under `cli/`.
 
+mod boot;
 mod cli;
 mod fs;
 mod read;
@@ -32,6 +33,7 @@ enum Command {
     Digest(cli::digest::DigestArgs),
     Mount(cli::mount::MountArgs),
     Umount(cli::umount::UmountArgs),
+    SetupRoot(cli::setup_root::SetupRootArgs),
     Stats(cli::stats::StatsArgs),
     Import(cli::import::ImportArgs),
     Images(cli::images::ImagesArgs),
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Digest(args) => cli::digest::run(args),
         Command::Mount(args) => cli::mount::run(args),
         Command::Umount(args) => cli::umount::run(args),
+        Command::SetupRoot(args) => cli::setup_root::run(args),
         Command::Stats(args) => cli::stats::run(args),
         Command::Import(args) => cli::import::run(args),
         Command::Images(args) => cli::images::run(args),

@@ -7,6 +7,7 @@ pub mod dump;
 pub mod enable_verity;
 pub mod ls;
 pub mod mount;
+pub mod setup_root;
 pub mod stats;
 pub mod umount;
 // Store commands (issue #4).
