@@ -1,7 +1,8 @@
 //! A panic while answering one request fails that request with EIO and nothing else: the
 //! daemon keeps serving (more panics than it has threads, then reads), and says what
 //! happened in its log. The daemon counts what it served, per file and in total, tells
-//! `imgmount stats`, and logs the summary when unmounted.
+//! `imgmount stats`, and logs the summary when unmounted. Requests it does not serve get a
+//! kernel filesystem's answers, quietly (isatty's TCGETS, cp's SEEK_DATA).
 //!
 //! The panic comes from a hook of debug builds (IMGMOUNT_DEBUG_PANIC_LOOKUP), which the
 //! tests' binary is.
@@ -42,7 +43,11 @@ fn a_panicking_request_gets_eio_and_the_mount_lives() {
         .env("IMGMOUNT_DEBUG_PANIC_LOOKUP", "boom")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = Mounted { mnt: mnt.clone() };
 
     // Three times as many panics as request threads: had one thread died per panic, the
@@ -52,7 +57,28 @@ fn a_panicking_request_gets_eio_and_the_mount_lives() {
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     }
     assert!(is_mounted(&mnt));
-    assert_eq!(fs::read(mnt.join("data")).unwrap(), d, "still serving, right bytes");
+    assert_eq!(
+        fs::read(mnt.join("data")).unwrap(),
+        d,
+        "still serving, right bytes"
+    );
+
+    // isatty() asks TCGETS of a file, and cp asks SEEK_DATA/SEEK_HOLE: answered as a
+    // kernel filesystem would.
+    {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::open(mnt.join("data")).unwrap();
+        let fd = f.as_raw_fd();
+        // SAFETY: plain calls on a descriptor we hold open.
+        unsafe {
+            assert_eq!(libc::isatty(fd), 0);
+            assert_eq!(*libc::__errno_location(), libc::ENOTTY);
+            assert_eq!(libc::lseek(fd, 5, libc::SEEK_DATA), 5);
+            assert_eq!(libc::lseek(fd, 5, libc::SEEK_HOLE), d.len() as i64);
+            assert_eq!(libc::lseek(fd, d.len() as i64, libc::SEEK_DATA), -1);
+            assert_eq!(*libc::__errno_location(), libc::ENXIO);
+        }
+    }
 
     // The counters: the file's READs went through the daemon (no kernel verity here).
     let out = imgmount(&[
@@ -61,7 +87,11 @@ fn a_panicking_request_gets_eio_and_the_mount_lives() {
         mnt.as_os_str(),
         mnt.join("data").as_os_str(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let file = &v["paths"][0];
     assert!(file["reads"].as_u64().unwrap() >= 1, "{v}");

@@ -210,6 +210,9 @@ pub fn setup(cfg: &BootConfig, layout: &Layout, steps: &[Step]) -> anyhow::Resul
                 log_target,
                 on_signal: OnSignal::Ignore,
                 read_ahead_kb: Some(1024),
+                // The threads share one descriptor: cloning opens /dev/fuse, which the
+                // chroot into the store hides.
+                clone_fd: false,
             };
             let fsname = format!("imgmount:{}", cfg.pin);
             let store_mnt = layout.store_mnt.clone();

@@ -287,6 +287,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         log_target,
         on_signal: OnSignal::Unmount,
         read_ahead_kb: is_root().then_some(1024),
+        clone_fd: true,
     };
     // Errors go back to the caller, which prints them: to the terminal, or (in a detached
     // daemon) to the log file.

@@ -86,6 +86,9 @@ pub struct ServeOptions {
     pub on_signal: OnSignal,
     /// Set FUSE readahead on the mount's bdi (root only).
     pub read_ahead_kb: Option<u32>,
+    /// Give each request thread its own /dev/fuse descriptor (fuser opens /dev/fuse again
+    /// for each when the session starts, so not after a chroot that hides /dev).
+    pub clone_fd: bool,
 }
 
 /// Mounts (with `mount`, which returns the /dev/fuse descriptor), reports readiness, handles
@@ -106,7 +109,7 @@ pub fn serve(
     let mut config = Config::default();
     config.acl = opts.acl;
     config.n_threads = Some(opts.threads);
-    config.clone_fd = true;
+    config.clone_fd = opts.clone_fd;
     let stats = fs.stats();
     let mountpoint = opts.mountpoint.clone();
     let session = mount().and_then(|fd| {
@@ -238,6 +241,14 @@ impl log::Log for StderrLog {
 
     fn log(&self, r: &log::Record<'_>) {
         if !self.enabled(r.metadata()) {
+            return;
+        }
+        // fuser warns of every request a filesystem leaves to its default answer (ENOSYS);
+        // those are expected, and on a root filesystem they would flood the console.
+        if r.target().starts_with("fuser")
+            && self.level < log::LevelFilter::Debug
+            && r.args().to_string().starts_with("[Not Implemented]")
+        {
             return;
         }
         let prefix = match (self.style, r.level()) {

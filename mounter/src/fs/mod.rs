@@ -513,6 +513,45 @@ impl Filesystem for ImgFs {
         Self::xattr_reply(&list, size, reply);
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // What the kernel answers for a file without ioctls: isatty() asks TCGETS of every
+        // file it is given, which should cost one quiet round trip.
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // Only SEEK_DATA and SEEK_HOLE reach the filesystem. Images have no holes: all of
+        // a file is data, and the only hole is at its end.
+        let size = match self.inode(ino) {
+            Ok(i) => i.size(),
+            Err(e) => return reply.error(e),
+        };
+        match (u64::try_from(offset), whence) {
+            (Ok(o), libc::SEEK_DATA) if o < size => reply.offset(offset),
+            (Ok(o), libc::SEEK_HOLE) if o < size => reply.offset(size as i64),
+            (Ok(_), libc::SEEK_DATA | libc::SEEK_HOLE) => reply.error(Errno::ENXIO),
+            _ => reply.error(Errno::EINVAL),
+        }
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         // Permission checks are the kernel's (default_permissions); this is only reached
         // without it, where FUSE grants access to whoever may use the mount.
