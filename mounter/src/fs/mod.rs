@@ -14,6 +14,7 @@
 
 pub mod daemon;
 pub mod guard;
+pub mod iomode;
 pub mod session;
 pub mod stats;
 pub mod view;
@@ -52,7 +53,8 @@ pub struct FsOptions {
 /// reads it directly (which must live as long as the handle).
 struct Handle {
     obj: Arc<Object>,
-    _backing: Option<Arc<BackingId>>,
+    /// None: served through the page cache (the inode's cached-open count holds it).
+    backing: Option<Arc<BackingId>>,
 }
 
 pub struct ImgFs {
@@ -60,6 +62,7 @@ pub struct ImgFs {
     objects: Objects,
     inos: InoMap,
     handles: Mutex<HashMap<u64, Handle>>,
+    io_modes: iomode::IoModes<BackingId>,
     next_fh: AtomicU64,
     opts: FsOptions,
     /// Whether the kernel agreed to passthrough at INIT.
@@ -80,6 +83,7 @@ impl ImgFs {
             image,
             objects,
             handles: Mutex::new(HashMap::new()),
+            io_modes: iomode::IoModes::default(),
             next_fh: AtomicU64::new(1),
             opts,
             passthrough: false,
@@ -177,16 +181,17 @@ impl ImgFs {
                 log::error!("open of inode {}: {e}", inode.nid);
                 Errno::EIO
             })?;
-        let backing = if self.passthrough && obj.kernel_checked() {
-            match reply.open_backing(obj.file()) {
-                Ok(id) => Some(Arc::new(id)),
-                Err(e) => {
-                    log::debug!("passthrough not available ({e}); reading in user space");
-                    None
-                }
-            }
-        } else {
-            None
+        let (mode, err) =
+            self.io_modes
+                .open(ino.0, self.passthrough && obj.kernel_checked(), || {
+                    reply.open_backing(obj.file())
+                });
+        if let Some(e) = err {
+            log::debug!("passthrough not available ({e}); reading in user space");
+        }
+        let backing = match mode {
+            iomode::Opened::Passthrough(b) => Some(b),
+            iomode::Opened::Cached => None,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // Registered before the reply goes out, so a RELEASE can never come first.
@@ -194,7 +199,7 @@ impl ImgFs {
             fh,
             Handle {
                 obj,
-                _backing: backing.clone(),
+                backing: backing.clone(),
             },
         );
         Ok((FileHandle(fh), backing))
@@ -385,7 +390,7 @@ impl Filesystem for ImgFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -393,7 +398,10 @@ impl Filesystem for ImgFs {
         reply: ReplyEmpty,
     ) {
         if fh.0 != 0 {
-            self.lock_handles().remove(&fh.0);
+            let handle = self.lock_handles().remove(&fh.0);
+            if let Some(Handle { backing: None, .. }) = handle {
+                self.io_modes.release_cached(ino.0);
+            }
         }
         reply.ok();
     }
