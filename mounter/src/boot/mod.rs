@@ -155,7 +155,53 @@ fn mount_store(cfg: &BootConfig, layout: &Layout) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", layout.store_mnt.display()))?;
     let src = dev.to_string_lossy().into_owned();
     mounts::mount(&src, &layout.store_mnt, Some(&fstype), 0, "")
-        .with_context(|| format!("mounting the store device {}", cfg.store))
+        .with_context(|| format!("mounting the store device {}", cfg.store))?;
+    keep_store_mounted_at_shutdown(layout, &src, &fstype);
+    Ok(())
+}
+
+/// systemd's name for the mount unit of an absolute path made of plain characters (None
+/// for anything that would need escaping).
+fn mount_unit_name(path: &Path) -> Option<String> {
+    let s = path.to_str()?.trim_matches('/');
+    let plain = !s.is_empty()
+        && s.split('/').all(|c| {
+            !c.is_empty()
+                && !c.starts_with('.')
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        });
+    plain.then(|| format!("{}.mount", s.replace('/', "-")))
+}
+
+/// A runtime unit for the store's mount without the default dependencies, so systemd does
+/// not try (and fail, loudly) to unmount it while the root filesystem still needs it;
+/// systemd-shutdown remounts it read-only at the end. /run moves into the new root, so the
+/// booted system's systemd reads it. Best effort: without it shutdown only says more.
+fn keep_store_mounted_at_shutdown(layout: &Layout, dev: &str, fstype: &str) {
+    let Some(name) = mount_unit_name(&layout.store_mnt) else {
+        return;
+    };
+    let dir = layout
+        .run_dir
+        .parent()
+        .unwrap_or(Path::new("/run"))
+        .join("systemd/system");
+    let unit = format!(
+        "# Written by imgmount setup-root: the store filesystem serves the root filesystem\n\
+         # until the machine stops, so it is not unmounted at shutdown.\n\
+         [Unit]\nDescription=imgmount store (the objects of the root filesystem)\n\
+         DefaultDependencies=no\n\n[Mount]\nWhat={dev}\nWhere={}\nType={fstype}\n",
+        layout.store_mnt.display()
+    );
+    if let Err(e) =
+        std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(&name), unit))
+    {
+        eprintln!(
+            "imgmount: warning: cannot write {}: {e}",
+            dir.join(name).display()
+        );
+    }
 }
 
 /// Where the daemon logs: the kernel log (so the journal keeps it and errors reach the
@@ -257,4 +303,23 @@ pub fn setup(cfg: &BootConfig, layout: &Layout, steps: &[Step]) -> anyhow::Resul
         cfg.store
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_unit_names() {
+        assert_eq!(
+            mount_unit_name(Path::new("/run/imgmount/store")).as_deref(),
+            Some("run-imgmount-store.mount")
+        );
+        assert_eq!(
+            mount_unit_name(Path::new("/run/a-b/store")),
+            None,
+            "would need escaping"
+        );
+        assert_eq!(mount_unit_name(Path::new("/")), None);
+    }
 }

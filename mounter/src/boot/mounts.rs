@@ -132,6 +132,7 @@ pub fn apply(step: &Step) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Step::Private { target } => mount("none", target, None, libc::MS_PRIVATE, ""),
         Step::Bind { source, target } => {
             let src = source
                 .to_str()

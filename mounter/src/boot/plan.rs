@@ -85,6 +85,11 @@ pub enum Step {
         source: PathBuf,
         target: PathBuf,
     },
+    /// Takes the mount at `target` out of its peer group: nothing mounted elsewhere
+    /// propagates to it.
+    Private {
+        target: PathBuf,
+    },
 }
 
 /// An overlay with its upper and work directories under `state`.
@@ -114,23 +119,45 @@ fn overlay(name: &'static str, lower: PathBuf, state: PathBuf, target: PathBuf) 
 pub fn root_steps(cfg: &BootConfig, layout: &Layout) -> Vec<Step> {
     let t = &layout.target;
     let mut steps = Vec::new();
-    if cfg.root == RootMode::Transient {
-        let tmp = layout.run_dir.join("transient-root");
-        steps.push(Step::Dir {
-            path: tmp.clone(),
-            like: None,
-        });
-        steps.push(Step::Tmpfs {
-            target: tmp.clone(),
-        });
-        steps.extend(overlay("imgmount-root", t.clone(), tmp, t.clone()));
-    }
+    // The image's own tree, which /etc's overlay lies on and /var is seeded from: the FUSE
+    // mount at the target, or under a transient root (which covers the target) a bind of it
+    // kept at /run/imgmount/image. overlayfs stacks at most two filesystems over one served
+    // by FUSE passthrough, so /etc's overlay must not lie on the transient one.
+    let image = match cfg.root {
+        RootMode::ReadOnly => t.clone(),
+        RootMode::Transient => {
+            let image = layout.run_dir.join("image");
+            let tmp = layout.run_dir.join("transient-root");
+            steps.push(Step::Dir {
+                path: image.clone(),
+                like: None,
+            });
+            steps.push(Step::Bind {
+                source: t.clone(),
+                target: image.clone(),
+            });
+            // Else, where mounts are shared (systemd makes them so), the overlay mounted on
+            // the target next would propagate to this bind, which is the image's view.
+            steps.push(Step::Private {
+                target: image.clone(),
+            });
+            steps.push(Step::Dir {
+                path: tmp.clone(),
+                like: None,
+            });
+            steps.push(Step::Tmpfs {
+                target: tmp.clone(),
+            });
+            steps.extend(overlay("imgmount-root", image.clone(), tmp, t.clone()));
+            image
+        }
+    };
     let etc = t.join("etc");
     match cfg.etc {
         EtcMode::ReadOnly => {}
         EtcMode::Overlay => steps.extend(overlay(
             "imgmount-etc",
-            etc.clone(),
+            image.join("etc"),
             layout.etc_state(&cfg.pin.to_hex()),
             etc,
         )),
@@ -143,12 +170,12 @@ pub fn root_steps(cfg: &BootConfig, layout: &Layout) -> Vec<Step> {
             steps.push(Step::Tmpfs {
                 target: tmp.clone(),
             });
-            steps.extend(overlay("imgmount-etc", etc.clone(), tmp, etc));
+            steps.extend(overlay("imgmount-etc", image.join("etc"), tmp, etc));
         }
     }
     let var = layout.var_state();
     steps.push(Step::Seed {
-        from: t.join("var"),
+        from: image.join("var"),
         dir: var.clone(),
     });
     steps.push(Step::Bind {
@@ -270,12 +297,46 @@ mod tests {
         assert_eq!(
             mounts(&steps),
             [
+                ("bind".into(), "/run/imgmount/image".into()),
                 ("tmpfs".into(), "/run/imgmount/transient-root".into()),
                 ("imgmount-root".into(), "/root".into()),
                 ("bind".into(), "/root/var".into()),
                 ("bind".into(), "/root/var/lib/imgmount".into()),
             ]
         );
+        // /etc's overlay (when there is one) lies on the image itself, not on the transient
+        // overlay: three filesystems over FUSE passthrough are more than overlayfs stacks.
+        let c = cfg("imgmount.root=transient");
+        let steps = root_steps(&c, &layout(&c));
+        let lowers: Vec<_> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Overlay { name, lower, .. } => Some((*name, lower.display().to_string())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lowers,
+            [
+                ("imgmount-root", "/run/imgmount/image".to_owned()),
+                ("imgmount-etc", "/run/imgmount/image/etc".to_owned()),
+            ]
+        );
+        let bind = steps
+            .iter()
+            .position(|s| matches!(s, Step::Bind { target, .. } if target == Path::new("/run/imgmount/image")))
+            .unwrap();
+        assert_eq!(
+            steps[bind + 1],
+            Step::Private {
+                target: "/run/imgmount/image".into()
+            },
+            "the image's view is private before the overlay covers the target"
+        );
+        assert!(steps.contains(&Step::Seed {
+            from: "/run/imgmount/image/var".into(),
+            dir: "/run/imgmount/store/imgmount/state/var".into()
+        }));
         let c = cfg("imgmount.etc=transient");
         let steps = root_steps(&c, &layout(&c));
         assert_eq!(

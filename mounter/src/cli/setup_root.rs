@@ -77,6 +77,7 @@ fn describe(step: &Step) -> String {
             dir.display(),
             from.display()
         ),
+        Step::Private { target } => format!("mount --make-private {}", target.display()),
         Step::Bind { source, target } => {
             format!("mount --bind {} {}", source.display(), target.display())
         }
