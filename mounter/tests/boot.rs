@@ -115,6 +115,10 @@ fn debian_boots_from_an_image_in_the_store() {
     let off = vm.wait_exit(SHUTDOWN);
     eprintln!("boot: 1 powered off {:.1?} after its report", off - at);
     drop(vm);
+    assert!(
+        disk.is_clean(),
+        "the store filesystem was remounted read-only at shutdown"
+    );
 
     // On the disk: the /etc change in this image's upper layer, the /var file in the
     // shared var, and the blob's object with fs-verity.
@@ -140,7 +144,7 @@ fn debian_boots_from_an_image_in_the_store() {
         &img.initrd_tools,
         &[&disk],
         &img.cmdline(
-            "boot=imgmount imgmount_test.actions=check-state,stats imgmount_test.end=reboot",
+            "boot=imgmount imgmount_test.actions=check-state,stats,store imgmount_test.end=reboot",
         ),
     );
     let (r, at) = vm.wait_report(BOOT);
@@ -167,9 +171,15 @@ fn debian_boots_from_an_image_in_the_store() {
         u(&stats, "passthrough_opens") > 100,
         "most of the boot by passthrough: {stats}"
     );
+    assert!(
+        r.get("store_images").contains(TAG),
+        "the boot store is root's default store: {}",
+        r.get("store_images")
+    );
     let off = vm.wait_exit(SHUTDOWN);
     eprintln!("boot: 2 rebooted {:.1?} after its report", off - at);
     drop(vm);
+    assert!(disk.is_clean(), "clean after a reboot too");
 
     // 3. A block of the blob's object changed on the raw disk; dracut this time, with a
     // transient root over the image: the changed block reads as EIO, never as other bytes.

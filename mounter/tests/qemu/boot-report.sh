@@ -2,7 +2,7 @@
 # Runs inside a booted test image (imgmount-boot-report.service) and reports on the second
 # serial port, one "@@ key=value" line per fact, for the host side (mounter/tests/qemu).
 # What to do is chosen on the kernel command line: imgmount_test.actions=a,b,c
-# (write-state, check-state, enable-verity, stats, tamper-read) and imgmount_test.end=
+# (write-state, check-state, write-usr, store, enable-verity, stats, tamper-read) and imgmount_test.end=
 # poweroff|reboot|stay.
 
 out=/dev/ttyS1
@@ -63,6 +63,9 @@ if has write-usr; then
 fi
 if has stats; then
 	say "stats=$(imgmount stats --json / "$blob" /usr/bin/sh | tr -d ' \n')"
+fi
+if has store; then
+	say "store_images=$(imgmount images 2>&1 | tr '\n' ' ')"
 fi
 if has enable-verity; then
 	imgmount enable-verity > /dev/ttyS0 2>&1

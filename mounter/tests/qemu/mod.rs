@@ -760,6 +760,18 @@ impl Disk {
         Some(out.stdout)
     }
 
+    /// Whether the filesystem was left clean (unmounted or remounted read-only before the
+    /// machine stopped: no journal to replay).
+    pub fn is_clean(&self) -> bool {
+        let out = run(Command::new("dumpe2fs").arg("-h").arg(&self.path));
+        let text = String::from_utf8_lossy(&out);
+        text.lines()
+            .any(|l| l.starts_with("Filesystem state:") && l.contains("clean"))
+            && !text
+                .lines()
+                .any(|l| l.starts_with("Filesystem features:") && l.contains("needs_recovery"))
+    }
+
     /// The inode flags of a file (EXT4_VERITY_FL is 0x100000).
     pub fn flags(&self, path: &str) -> u32 {
         let stat = self.debugfs(&format!("stat {path}"));
