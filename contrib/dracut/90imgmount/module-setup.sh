@@ -5,8 +5,22 @@
 #   echo 'add_dracutmodules+=" imgmount "' > /etc/dracut.conf.d/imgmount.conf
 #   dracut --force
 
+# The binary to install: $IMGMOUNT, else the first imgmount on the PATH or in the usual
+# places (dracut's PATH has no /usr/local/sbin, where the README installs it).
+imgmount_bin() {
+    local c
+    for c in "${IMGMOUNT:-}" "$(command -v imgmount 2> /dev/null)" \
+        /usr/local/sbin/imgmount /usr/sbin/imgmount /usr/bin/imgmount; do
+        if [[ -n $c && -x $c ]]; then
+            echo "$c"
+            return 0
+        fi
+    done
+    return 1
+}
+
 check() {
-    require_binaries imgmount || return 1
+    imgmount_bin > /dev/null || return 1
     # Only when asked for (add_dracutmodules, --add).
     return 255
 }
@@ -20,7 +34,7 @@ installkernel() {
 }
 
 install() {
-    inst_binary "$(command -v imgmount)" /usr/bin/imgmount
+    inst_binary "$(imgmount_bin)" /usr/bin/imgmount
     inst_simple "$moddir/imgmount-setup-root.service" \
         "$systemdsystemunitdir/imgmount-setup-root.service"
     mkdir -p "${initdir}${systemdsystemunitdir}/initrd-root-fs.target.wants"

@@ -402,6 +402,17 @@ fn build_binary() -> PathBuf {
     let out = run(Command::new(workspace().join("contrib/build-static")).current_dir(workspace()));
     let path = PathBuf::from(String::from_utf8_lossy(&out).trim().to_owned());
     assert!(path.is_file(), "contrib/build-static printed {path:?}");
+    let (interp, symtab) = elf_interp_and_symtab(&fs::read(&path).unwrap());
+    assert!(
+        !interp,
+        "{} asks for a dynamic loader: not static",
+        path.display()
+    );
+    assert!(
+        !symtab,
+        "{} has a symbol table: not stripped",
+        path.display()
+    );
     eprintln!(
         "boot: built {} ({} bytes) in {}",
         path.display(),
@@ -409,6 +420,22 @@ fn build_binary() -> PathBuf {
         secs(t)
     );
     path
+}
+
+/// Whether an ELF64 little-endian file has a PT_INTERP program header (dynamically linked)
+/// and a SHT_SYMTAB section (not stripped).
+fn elf_interp_and_symtab(elf: &[u8]) -> (bool, bool) {
+    assert_eq!(&elf[..6], b"\x7fELF\x02\x01", "not an ELF64 LE file");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let (shoff, shentsize, shnum) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    const PT_INTERP: u32 = 3;
+    const SHT_SYMTAB: u32 = 2;
+    let interp = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == PT_INTERP);
+    let symtab = (0..shnum).any(|i| u32_at(shoff + i * shentsize + 4) == SHT_SYMTAB);
+    (interp, symtab)
 }
 
 /// The blob's bytes: deterministic, so a run can check them without keeping a copy.
