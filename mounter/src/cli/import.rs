@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use imgmount_format::oci::import::DownloadMeter;
 use imgmount_format::oci::{self, ImportOptions, ImportProgress, Imported, Limits, Source};
@@ -71,6 +71,10 @@ pub struct ImportFlags {
     /// Do not flush to disk before naming objects (faster; for throwaway stores).
     #[arg(long)]
     pub no_sync: bool,
+    /// Turn on kernel fs-verity for every object of the image (see
+    /// `imgmount enable-verity`); fails if the store's filesystem cannot.
+    #[arg(long)]
+    pub enable_verity: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -89,6 +93,8 @@ struct Report<'a> {
     reused_layers: usize,
     fetched_bytes: u64,
     reused_image: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verity_enabled: Option<usize>,
 }
 
 pub fn run(args: ImportArgs) -> Result<()> {
@@ -125,6 +131,29 @@ pub fn run_source(source: &Source, flags: &ImportFlags) -> Result<()> {
     if let (Some(old), Some(t), false) = (&moved_from, &imported.tag, flags.json) {
         eprintln!("imgmount: tag {t} moved from {old} to {}", imported.digest);
     }
+    let verity = if flags.enable_verity {
+        let mut objects: Vec<Digest> = store
+            .stored_image_objects(&imported.digest)?
+            .into_iter()
+            .collect();
+        objects.sort();
+        let show = std::io::stderr().is_terminal() && !flags.json;
+        let report = super::enable_verity::enable_objects(&store, &objects, show)
+            .context("enabling fs-verity on the imported objects")?;
+        for p in &report.problems {
+            eprintln!("imgmount: {}: {}", p.path, p.reason);
+        }
+        if !report.problems.is_empty() {
+            bail!(
+                "imported {}, but {} of its objects have no fs-verity",
+                imported.digest,
+                report.problems.len()
+            );
+        }
+        Some(report.enabled + report.already)
+    } else {
+        None
+    };
     if flags.json {
         let report = Report {
             digest: imported.digest.to_string(),
@@ -138,6 +167,7 @@ pub fn run_source(source: &Source, flags: &ImportFlags) -> Result<()> {
             reused_layers: imported.reused_layers,
             fetched_bytes: imported.fetched_bytes,
             reused_image: imported.reused_image,
+            verity_enabled: verity,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

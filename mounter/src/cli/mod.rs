@@ -2,14 +2,16 @@
 
 pub mod cat;
 pub mod create;
-pub mod daemon_log;
 pub mod digest;
 pub mod dump;
+pub mod enable_verity;
 pub mod generate;
 pub mod ls;
 pub mod mount;
 pub mod mount_helper;
 pub mod mountpoint;
+pub mod setup_root;
+pub mod stats;
 pub mod umount;
 // Store commands (issue #4).
 pub mod extract;

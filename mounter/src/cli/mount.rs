@@ -2,30 +2,24 @@
 //!
 //! Life of a mount: the image is opened (and, with `--digest`, read whole and checked) in
 //! the calling process, so a bad image or digest fails the command directly. Then, unless
-//! `-f`, the process forks; the child mounts, finishes the FUSE handshake, and reports
-//! "ready" (or its error) through a pipe, and the parent exits with that result: when
-//! `imgmount mount` returns 0 the mount is usable. The child detaches (new session, stdio
-//! to /dev/null or `--log-file`) and serves until the filesystem is unmounted. SIGTERM,
-//! SIGINT and SIGHUP unmount it cleanly, which ends the request loop.
-//!
-//! The fork happens before any thread exists (fuser starts its threads only in
-//! `Session::run`), so the child is a clean single-threaded copy.
+//! `-f`, the process forks ([`crate::fs::daemon`]); when `imgmount mount` returns 0 the mount
+//! is usable. The detached daemon logs to `--log-file`, else to syslog. SIGTERM, SIGINT and
+//! SIGHUP unmount it cleanly, which ends the request loop.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fuser::{Config, Session, SessionACL};
+use fuser::SessionACL;
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{self, Digest};
 
-use super::daemon_log;
 use super::mountpoint::check_mount_point;
 use super::registry_args::RegistryArgs;
 use super::store_path::{IMAGE_HELP, StoreArg, find_image};
+use crate::fs::daemon::{self, Forked, OnSignal, ServeOptions};
+use crate::fs::daemon_log::{self, LogStyle};
 use crate::fs::session::{self, is_root};
 use crate::fs::{FsOptions, ImgFs};
 use crate::read::{Objects, ReadConfig, VerityMode};
@@ -239,22 +233,6 @@ fn check_pin(
     }
     Ok(())
 }
-/// How many object files the daemon may keep open: half of what the (raised) descriptor
-/// limit leaves after a margin for FUSE, logs and sidecars.
-fn open_file_budget() -> usize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
-        rl.rlim_cur
-    } else {
-        1024
-    };
-    (limit.saturating_sub(256) / 2).clamp(16, 1 << 16) as usize
-}
-
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let opts = parse_options(&args.options)?;
     if (opts.suid || opts.dev) && !is_root() {
@@ -299,7 +277,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         cache_bytes: args.cache_size,
         keep_open: 512,
         verify_threads: 0,
-        open_files: open_file_budget(),
+        open_files: session::open_file_budget(),
     });
     let fs = ImgFs::new(
         image,
@@ -326,164 +304,49 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    daemon_log::init(args.foreground || log_target.is_some());
+    // Routine events (mounted, unmounted, the stats line) only where someone reads them.
+    let level = if args.foreground || log_target.is_some() {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    };
+    daemon_log::init(level, LogStyle::Plain);
 
     let ready = if args.foreground {
         None
     } else {
-        Some(daemonize()?)
+        match daemon::daemonize()? {
+            Forked::Child(tx) => Some(tx),
+            Forked::Parent(Ok(())) => std::process::exit(0),
+            Forked::Parent(Err(e)) => return Err(e),
+        }
+    };
+    let serve = ServeOptions {
+        mountpoint: mountpoint.clone(),
+        threads,
+        acl: opts.acl.unwrap_or(SessionACL::Owner),
+        ready,
+        log_target,
+        syslog_when_detached: true,
+        on_signal: OnSignal::Unmount,
+        read_ahead_kb: is_root().then_some(1024),
+        clone_fd: true,
     };
     // Errors go back to the caller, which prints them: to the terminal, or (in a detached
     // daemon) to the log file.
-    serve(fs, &mountpoint, &opts, &fsname, threads, ready, log_target)
-}
-
-/// Forks. The parent waits for the child's report and exits with it; the child gets the
-/// write end of the report pipe.
-fn daemonize() -> anyhow::Result<File> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the array with two new descriptors.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("creating the readiness pipe");
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    let (mut rx, tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
-    // SAFETY: no other thread exists yet (see the module comment), so the child may run
-    // arbitrary code after fork.
-    match unsafe { libc::fork() } {
-        -1 => Err(std::io::Error::last_os_error()).context("fork"),
-        0 => {
-            drop(rx);
-            // SAFETY: setsid has no preconditions; it detaches from the terminal's session.
-            unsafe { libc::setsid() };
-            Ok(tx)
-        }
-        _child => {
-            drop(tx);
-            let mut msg = String::new();
-            let _ = rx.read_to_string(&mut msg);
-            if msg == "ok" {
-                std::process::exit(0);
+    daemon::serve(
+        fs,
+        serve,
+        || {
+            if is_root() {
+                let (flags, data) = kernel_mount_args(&opts);
+                session::kernel_mount(&mountpoint, &fsname, flags, &data)
+            } else {
+                session::fusermount_mount(&mountpoint, &fusermount_options(&opts, &fsname))
             }
-            if msg.is_empty() {
-                bail!("the mount daemon exited before the mount was ready");
-            }
-            bail!("{msg}");
-        }
-    }
-}
-
-/// Mounts, reports readiness, handles signals, and serves until unmounted.
-fn serve(
-    fs: ImgFs,
-    mountpoint: &Path,
-    opts: &Options,
-    fsname: &str,
-    threads: usize,
-    mut ready: Option<File>,
-    log_target: Option<File>,
-) -> anyhow::Result<()> {
-    // Block the termination signals in this thread before fuser starts its threads, so
-    // they inherit the mask and only the signal thread below receives them.
-    let sigs = termination_signals();
-    // SAFETY: `sigs` is an initialised signal set.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &sigs, std::ptr::null_mut()) };
-
-    let mut config = Config::default();
-    config.acl = opts.acl.unwrap_or(SessionACL::Owner);
-    config.n_threads = Some(threads);
-    config.clone_fd = true;
-    let fd = if is_root() {
-        let (flags, data) = kernel_mount_args(opts);
-        session::kernel_mount(mountpoint, fsname, flags, &data)
-    } else {
-        session::fusermount_mount(mountpoint, &fusermount_options(opts, fsname))
-    };
-    let session = fd.and_then(|fd| {
-        let acl = config.acl;
-        // from_fd reads the kernel's INIT and answers it: once it returns, the mount serves.
-        Session::from_fd(fs, fd, acl, config).with_context(|| {
-            let _ = session::unmount(mountpoint, true);
-            format!("starting the FUSE session on {}", mountpoint.display())
-        })
-    });
-    let session = match session {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(mut tx) = ready.take() {
-                // The waiting parent prints the error; this child leaves quietly.
-                let _ = write!(tx, "{e:#}");
-                std::process::exit(1);
-            }
-            return Err(e);
-        }
-    };
-    let mp = mountpoint.to_owned();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || wait_for_signal(sigs, &mp))
-        .context("starting the signal thread")?;
-    if is_root() {
-        session::set_read_ahead(mountpoint, 1024);
-    }
-
-    if let Some(mut tx) = ready.take() {
-        detach_stdio(log_target.as_ref());
-        if log_target.is_none() {
-            // Detached with nowhere to write: what the daemon refuses goes to syslog.
-            daemon_log::to_syslog();
-        }
-        let _ = tx.write_all(b"ok");
-    }
-    // Logged once detached, so that it goes where the daemon logs, not to the terminal.
-    log::info!("mounted on {}", mountpoint.display());
-    session.run().context("serving FUSE requests")?;
-    log::info!("unmounted {}", mountpoint.display());
-    Ok(())
-}
-
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set before sigaddset uses it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-/// Waits for SIGTERM/SIGINT/SIGHUP and unmounts, which ends `Session::run`.
-fn wait_for_signal(sigs: libc::sigset_t, mountpoint: &Path) {
-    loop {
-        let mut sig = 0;
-        // SAFETY: the set is initialised and blocked in every thread.
-        if unsafe { libc::sigwait(&sigs, &mut sig) } != 0 {
-            continue;
-        }
-        log::info!("signal {sig}: unmounting {}", mountpoint.display());
-        match session::unmount(mountpoint, false) {
-            Ok(_) => return,
-            Err(e) => log::error!("{e:#}"),
-        }
-    }
-}
-
-/// Points stdin/stdout at /dev/null and stderr at the log file (or /dev/null), so the
-/// daemon holds no pipe of whoever started it, and leaves the working directory.
-fn detach_stdio(log: Option<&File>) {
-    let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") else {
-        return;
-    };
-    let err_fd = log.map_or(null.as_raw_fd(), |f| f.as_raw_fd());
-    // SAFETY: dup2 onto the standard descriptors with descriptors we hold open.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(null.as_raw_fd(), 1);
-        libc::dup2(err_fd, 2);
-    }
-    let _ = std::env::set_current_dir("/");
+        },
+        || Ok(()),
+    )
 }
 
 #[cfg(test)]

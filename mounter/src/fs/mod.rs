@@ -7,8 +7,17 @@
 //! for inline ones. The image is immutable, so the kernel is told to cache everything for a
 //! long time: entries and attributes, file pages (FOPEN_KEEP_CACHE), directory pages
 //! (FOPEN_CACHE_DIR) and symlink targets.
+//!
+//! A session serves `guard::Guarded(ImgFs)`, so a panic in one handler fails only that
+//! request (a handler added here must be forwarded there too). Opens and READs are counted
+//! in [`stats::ServeStats`].
 
+pub mod daemon;
+pub mod daemon_log;
+pub mod guard;
+pub mod iomode;
 pub mod session;
+pub mod stats;
 pub mod view;
 
 use std::collections::HashMap;
@@ -28,6 +37,7 @@ use imgmount_format::erofs::format::{BLOCK_SIZE, FileType};
 use imgmount_format::erofs::reader::{DirEntry, Image, ImageError, Inode};
 
 use crate::read::{Object, Objects};
+use stats::ServeStats;
 use view::InoMap;
 
 /// How long the kernel may cache entries and attributes: the image never changes.
@@ -44,7 +54,8 @@ pub struct FsOptions {
 /// reads it directly (which must live as long as the handle).
 struct Handle {
     obj: Arc<Object>,
-    _backing: Option<Arc<BackingId>>,
+    /// None: served through the page cache (the inode's cached-open count holds it).
+    backing: Option<Arc<BackingId>>,
 }
 
 pub struct ImgFs {
@@ -54,10 +65,12 @@ pub struct ImgFs {
     handles: Mutex<HashMap<u64, Handle>>,
     /// Paths in the image of inodes whose reads failed, for the log (see `describe`).
     failed_paths: Mutex<HashMap<u64, String>>,
+    io_modes: iomode::IoModes<BackingId>,
     next_fh: AtomicU64,
     opts: FsOptions,
     /// Whether the kernel agreed to passthrough at INIT.
     passthrough: bool,
+    stats: Arc<ServeStats>,
 }
 
 /// Logs an image error (the image is corrupt or unsupported there) and maps it to EIO.
@@ -74,10 +87,17 @@ impl ImgFs {
             objects,
             handles: Mutex::new(HashMap::new()),
             failed_paths: Mutex::new(HashMap::new()),
+            io_modes: iomode::IoModes::default(),
             next_fh: AtomicU64::new(1),
             opts,
             passthrough: false,
+            stats: Arc::new(ServeStats::new()),
         }
+    }
+
+    /// The mount's counters, shared with whoever reports them.
+    pub fn stats(&self) -> Arc<ServeStats> {
+        self.stats.clone()
     }
 
     fn inode(&self, ino: INodeNo) -> Result<Inode<'_>, Errno> {
@@ -129,6 +149,7 @@ impl ImgFs {
     /// The attributes of `name` in the directory `parent`, or `None` if there is no such
     /// entry: what a FUSE LOOKUP answers (public for benchmarks).
     pub fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, Errno> {
+        guard::debug_panic_on_lookup(name.as_bytes());
         let dir = self.inode(parent)?;
         if !dir.is_dir() {
             return Err(Errno::ENOTDIR);
@@ -190,20 +211,25 @@ impl ImgFs {
                 log::error!("refused to open {}: {e}", self.describe(inode.nid));
                 Errno::EIO
             })?;
-        let backing = if self.passthrough && obj.kernel_checked() {
-            let file = self.objects.file(&obj).map_err(|e| {
-                log::error!("open of inode {}: {e}", inode.nid);
+        let want_passthrough = self.passthrough && obj.kernel_checked();
+        let file = if want_passthrough {
+            Some(self.objects.file(&obj).map_err(|e| {
+                log::error!("refused to open {}: {e}", self.describe(inode.nid));
                 Errno::EIO
-            })?;
-            match reply.open_backing(&*file) {
-                Ok(id) => Some(Arc::new(id)),
-                Err(e) => {
-                    log::debug!("passthrough not available ({e}); reading in user space");
-                    None
-                }
-            }
+            })?)
         } else {
             None
+        };
+        let (mode, err) = self.io_modes.open(ino.0, want_passthrough, || match &file {
+            Some(f) => reply.open_backing(&**f),
+            None => Err(std::io::Error::other("no backing file")),
+        });
+        if let Some(e) = err {
+            log::debug!("passthrough not available ({e}); reading in user space");
+        }
+        let backing = match mode {
+            iomode::Opened::Passthrough(b) => Some(b),
+            iomode::Opened::Cached => None,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // Registered before the reply goes out, so a RELEASE can never come first.
@@ -211,7 +237,7 @@ impl ImgFs {
             fh,
             Handle {
                 obj,
-                _backing: backing.clone(),
+                backing: backing.clone(),
             },
         );
         Ok((FileHandle(fh), backing))
@@ -343,7 +369,11 @@ impl Filesystem for ImgFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino, flags, &reply) {
+        let opened = self.do_open(ino, flags, &reply);
+        if let Ok((_, backing)) = &opened {
+            self.stats.opened(ino.0, backing.is_some());
+        }
+        match opened {
             Ok((fh, None)) => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
             // Passthrough opens must not ask to keep the page cache: the kernel answers EIO
             // to that combination.
@@ -370,7 +400,10 @@ impl Filesystem for ImgFs {
             let mut buf = buf.borrow_mut();
             buf.clear();
             match self.do_read(ino, fh, offset, size, &mut buf) {
-                Ok(()) => reply.data(&buf),
+                Ok(()) => {
+                    self.stats.read(ino.0, buf.len());
+                    reply.data(&buf)
+                }
                 Err(e) => reply.error(e),
             }
             // Do not keep an unusually large buffer around.
@@ -395,7 +428,7 @@ impl Filesystem for ImgFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -403,7 +436,10 @@ impl Filesystem for ImgFs {
         reply: ReplyEmpty,
     ) {
         if fh.0 != 0 {
-            self.lock_handles().remove(&fh.0);
+            let handle = self.lock_handles().remove(&fh.0);
+            if let Some(Handle { backing: None, .. }) = handle {
+                self.io_modes.release_cached(ino.0);
+            }
         }
         reply.ok();
     }
@@ -521,6 +557,45 @@ impl Filesystem for ImgFs {
             }
         }
         Self::xattr_reply(&list, size, reply);
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // What the kernel answers for a file without ioctls: isatty() asks TCGETS of every
+        // file it is given, which should cost one quiet round trip.
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // Only SEEK_DATA and SEEK_HOLE reach the filesystem. Images have no holes: all of
+        // a file is data, and the only hole is at its end.
+        let size = match self.inode(ino) {
+            Ok(i) => i.size(),
+            Err(e) => return reply.error(e),
+        };
+        match (u64::try_from(offset), whence) {
+            (Ok(o), libc::SEEK_DATA) if o < size => reply.offset(offset),
+            (Ok(o), libc::SEEK_HOLE) if o < size => reply.offset(size as i64),
+            (Ok(_), libc::SEEK_DATA | libc::SEEK_HOLE) => reply.error(Errno::ENXIO),
+            _ => reply.error(Errno::EINVAL),
+        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

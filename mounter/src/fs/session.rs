@@ -262,7 +262,39 @@ struct MountInfo {
     fstype: String,
 }
 
+/// The device number (`MAJ:MIN`) of the mount at exactly `mountpoint` (the top one).
+pub fn mount_dev(mountpoint: &Path) -> Option<String> {
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    find_mount(&info, mountpoint.as_os_str().as_bytes()).map(|m| m.dev)
+}
+
+/// The device number of the imgmount mount at exactly `mountpoint`, also when other mounts
+/// are stacked on it (a transient overlay over an imgmount root); the last one if several.
+pub fn imgmount_dev(mountpoint: &Path) -> io::Result<Option<String>> {
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    Ok(
+        find_mount_where(&info, mountpoint.as_os_str().as_bytes(), |t| {
+            t == "fuse.imgmount"
+        })
+        .map(|m| m.dev),
+    )
+}
+
+/// A device number as mountinfo writes it: `MAJ:MIN`.
+pub fn dev_string(dev: u64) -> String {
+    format!("{}:{}", libc::major(dev), libc::minor(dev))
+}
+
 fn find_mount(info: &[u8], mountpoint: &[u8]) -> Option<MountInfo> {
+    find_mount_where(info, mountpoint, |_| true)
+}
+
+/// The last mount at exactly `mountpoint` whose type `fstype_ok` accepts.
+fn find_mount_where(
+    info: &[u8],
+    mountpoint: &[u8],
+    fstype_ok: impl Fn(&str) -> bool,
+) -> Option<MountInfo> {
     let mut found = None;
     for line in info.split(|&b| b == b'\n') {
         // id parent major:minor root mountpoint options [optional...] - fstype source super
@@ -274,7 +306,9 @@ fn find_mount(info: &[u8], mountpoint: &[u8]) -> Option<MountInfo> {
         let Some(dash) = fields.iter().position(|f| *f == b"-") else {
             continue;
         };
-        if let (Some(dev), Some(t)) = (fields.get(2), fields.get(dash + 1)) {
+        if let (Some(dev), Some(t)) = (fields.get(2), fields.get(dash + 1))
+            && fstype_ok(&String::from_utf8_lossy(t))
+        {
             found = Some(MountInfo {
                 dev: String::from_utf8_lossy(dev).into_owned(),
                 fstype: String::from_utf8_lossy(t).into_owned(),
@@ -282,6 +316,22 @@ fn find_mount(info: &[u8], mountpoint: &[u8]) -> Option<MountInfo> {
         }
     }
     found
+}
+
+/// How many object files the daemon may keep open: half of what the (raised) descriptor
+/// limit leaves after a margin for FUSE, logs and sidecars.
+pub fn open_file_budget() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    };
+    (limit.saturating_sub(256) / 2).clamp(16, 1 << 16) as usize
 }
 
 #[cfg(test)]
@@ -384,7 +434,18 @@ mod tests {
         );
         assert_eq!(find_mount_type(info, b"/mnt"), None);
         assert_eq!(find_mount(info, b"/mnt/c").unwrap().dev, "0:57");
+        let under = b"50 1 0:60 / / ro - fuse.imgmount imgmount:/x ro\n\
+            51 1 0:61 / / rw - overlay transient rw\n";
+        assert_eq!(find_mount(under, b"/").unwrap().fstype, "overlay");
+        let img = find_mount_where(under, b"/", |t| t == "fuse.imgmount").unwrap();
+        assert_eq!(img.dev, "0:60", "the imgmount under the overlay");
         assert_eq!(find_mount_type(info, b"/proc").as_deref(), Some("proc"));
+    }
+
+    #[test]
+    fn device_numbers_as_in_mountinfo() {
+        assert_eq!(dev_string(libc::makedev(0, 57)), "0:57");
+        assert_eq!(dev_string(libc::makedev(259, 1048576)), "259:1048576");
     }
 
     #[test]

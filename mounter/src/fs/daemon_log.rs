@@ -1,6 +1,8 @@
-//! Where the mount daemon's log goes: standard error in the foreground (or the
+//! Where a mount daemon's log goes: standard error in the foreground (or the
 //! `--log-file` it was given), syslog once it has detached without one, so a refused read
-//! reaches the journal (or syslog) instead of /dev/null.
+//! reaches the journal (or syslog) instead of /dev/null. The root filesystem's daemon
+//! writes to /dev/kmsg as its standard error ([`LogStyle::Kmsg`]), since no syslog runs in
+//! the initramfs.
 //!
 //! Syslog messages are datagrams in the local format (`<PRI>imgmount[PID]: MESSAGE`),
 //! sent to `/dev/log` (or `$IMGMOUNT_SYSLOG_SOCKET`), which journald and every syslog
@@ -23,8 +25,19 @@ enum Sink {
 
 static SINK: Mutex<Sink> = Mutex::new(Sink::Stderr);
 
+/// How records written to standard error look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStyle {
+    /// `imgmount[PID]: level: message`
+    Plain,
+    /// The same with a syslog priority prefix (`<3>`), for standard error on /dev/kmsg:
+    /// each record is one write, so one kernel log record.
+    Kmsg,
+}
+
 struct Logger {
     level: log::LevelFilter,
+    style: LogStyle,
 }
 
 impl log::Log for Logger {
@@ -42,12 +55,26 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
+        // fuser warns of every request a filesystem leaves to its default answer (ENOSYS);
+        // those are expected, and on a root filesystem they would flood the console.
+        if r.target().starts_with("fuser")
+            && self.level < log::LevelFilter::Debug
+            && r.args().to_string().starts_with("[Not Implemented]")
+        {
+            return;
+        }
         let sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
         let pid = std::process::id();
         match &*sink {
             Sink::Stderr => {
+                let prefix = match self.style {
+                    LogStyle::Plain => String::new(),
+                    LogStyle::Kmsg => format!("<{}>", severity(r.level())),
+                };
                 let level = r.level().as_str().to_ascii_lowercase();
-                let _ = writeln!(std::io::stderr(), "imgmount[{pid}]: {level}: {}", r.args());
+                // One write per record: on /dev/kmsg each write is a record of its own.
+                let line = format!("{prefix}imgmount[{pid}]: {level}: {}\n", r.args());
+                let _ = std::io::stderr().write_all(line.as_bytes());
             }
             Sink::Syslog { socket, path } => {
                 let pri = FACILITY_DAEMON * 8 + severity(r.level());
@@ -72,17 +99,16 @@ fn severity(level: log::Level) -> u8 {
 }
 
 /// Installs the logger, writing to standard error. The level comes from `IMGMOUNT_LOG`
-/// (error, warn, info, debug); by default info when `verbose`, else warn.
-pub fn init(verbose: bool) {
+/// (error, warn, info, debug), else `default`.
+pub fn init(default: log::LevelFilter, style: LogStyle) {
     let level = match std::env::var("IMGMOUNT_LOG").as_deref() {
         Ok("debug") => log::LevelFilter::Debug,
         Ok("info") => log::LevelFilter::Info,
         Ok("warn") => log::LevelFilter::Warn,
         Ok("error") => log::LevelFilter::Error,
-        _ if verbose => log::LevelFilter::Info,
-        _ => log::LevelFilter::Warn,
+        _ => default,
     };
-    if log::set_logger(Box::leak(Box::new(Logger { level }))).is_ok() {
+    if log::set_logger(Box::leak(Box::new(Logger { level, style }))).is_ok() {
         log::set_max_level(level);
     }
 }
