@@ -313,9 +313,25 @@ fn help(cmd: &str) -> String {
     stdout(&out)
 }
 
-const COMMANDS: [&str; 14] = [
-    "create", "dump", "ls", "cat", "digest", "mount", "umount", "import", "images", "tag", "rm",
-    "gc", "fsck", "extract",
+const COMMANDS: [&str; 18] = [
+    "create",
+    "dump",
+    "ls",
+    "cat",
+    "digest",
+    "mount",
+    "umount",
+    "import",
+    "pull",
+    "images",
+    "tag",
+    "rm",
+    "gc",
+    "fsck",
+    "extract",
+    "enable-verity",
+    "stats",
+    "setup-root",
 ];
 
 #[test]
