@@ -74,7 +74,7 @@ impl ObjectStore {
     }
 
     /// Whether the stored sidecar of `digest` holds exactly `tree`.
-    fn sidecar_holds(&self, digest: &Digest, tree: &[u8]) -> bool {
+    pub(super) fn sidecar_holds(&self, digest: &Digest, tree: &[u8]) -> bool {
         let rel = format!("{}/{}", self.sidecar_rel(), digest.object_path());
         self.root_fd
             .open_file_if_exists(&rel, Expect::Size(tree.len() as u64))
