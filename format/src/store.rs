@@ -311,6 +311,32 @@ impl ObjectStore {
         Ok((digest, tree))
     }
 
+    /// Stores a file's content and its Merkle tree sidecar, both from one read of the file
+    /// (what `create --digest-store` does, so a mount never rebuilds the tree).
+    pub fn insert_file_with_sidecar(&self, src: &Path, alg: HashAlg) -> Result<Digest> {
+        let (digest, tree) = self.insert_file_with_tree(src, alg)?;
+        self.save_sidecar(&digest, &tree)?;
+        Ok(digest)
+    }
+
+    /// Writes `tree` as the sidecar of `digest` unless the stored one already holds exactly
+    /// it. Objects of at most one block have no tree and get no file. The file (mode 0644)
+    /// is written under a temporary name and renamed over whatever was there (sidecars are checked
+    /// against the digest when loaded, so a bad one is only ever replaced, never trusted).
+    pub fn save_sidecar(&self, digest: &Digest, tree: &MerkleTree) -> Result<()> {
+        let bytes = tree.as_bytes();
+        if bytes.is_empty() || self.sidecar_holds(digest, bytes) {
+            return Ok(());
+        }
+        let base = self.subdir_created(self.sidecar_rel())?;
+        let fan = self.fan_dir(&base, digest)?;
+        let path = self.sidecar_path(digest);
+        let tmp = self.temp_holding(&fan, bytes)?;
+        let (_, rest) = split_name(digest);
+        tmp.persist(&fan, OsStr::new(&rest))
+            .map_err(io_err("name", &path))
+    }
+
     /// Stores everything `reader` yields; returns its digest.
     pub fn insert_reader(&self, reader: impl Read, alg: HashAlg) -> Result<Digest> {
         let mut hasher = FsVerityHasher::new(alg);

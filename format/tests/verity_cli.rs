@@ -115,3 +115,52 @@ fn matches_fsverity_digest() {
         }
     }
 }
+
+/// `create --digest-store` (tree_from_dir with a bare store) writes each object's Merkle tree
+/// beside it as it copies the object, byte for byte what `fsverity digest --out-merkle-tree`
+/// writes, and no file for objects of at most one block (they have no tree).
+#[test]
+fn a_digest_store_gets_the_kernels_trees() {
+    use imgmount_format::store::{BARE_VERITY_DIR, ObjectStore};
+    use imgmount_format::tree::{FromDirOptions, tree_from_dir};
+    if !have_fsverity() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let sizes = [65, 4096, 4097, 128 * 4096, 128 * 4096 + 1, 3 << 20];
+    for (i, &size) in sizes.iter().enumerate() {
+        std::fs::write(src.join(format!("f{size}")), content(100 + i as u64, size)).unwrap();
+    }
+    let objects = dir.path().join("objects");
+    for alg in [HashAlg::Sha256, HashAlg::Sha512] {
+        let opts = FromDirOptions {
+            digest_store: Some(ObjectStore::create_bare(&objects).unwrap()),
+            hash: alg,
+            ..FromDirOptions::default()
+        };
+        tree_from_dir(&src, &opts).unwrap();
+        for &size in &sizes {
+            let file = src.join(format!("f{size}"));
+            let (digest, expected_tree) = fsverity_digest(alg, &file, &dir.path().join("tree"));
+            assert_eq!(
+                std::fs::read(objects.join(digest.object_path())).unwrap(),
+                std::fs::read(&file).unwrap(),
+                "{alg} size {size}: object"
+            );
+            let sidecar = objects.join(BARE_VERITY_DIR).join(digest.object_path());
+            if size <= 4096 {
+                assert!(
+                    !sidecar.exists(),
+                    "{alg} size {size}: a one-block object has no tree"
+                );
+            } else {
+                assert!(
+                    std::fs::read(&sidecar).unwrap() == expected_tree,
+                    "{alg} size {size}: sidecar differs from fsverity's tree"
+                );
+            }
+        }
+    }
+}

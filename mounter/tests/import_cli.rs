@@ -177,3 +177,67 @@ fn the_default_store_follows_the_environment() {
     );
     assert!(env_store.join("images").is_dir());
 }
+
+/// A SOURCE given where an image is expected (`cat`, `mount`, …) reuses the image its
+/// manifest produced before without reading its objects (they are verified as they are
+/// read), so a damaged object is a refused read there; `import` checks every object before
+/// reusing, and so repairs it.
+#[test]
+fn a_source_reuses_its_image_and_import_repairs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/demo-oci");
+    let source = format!("oci:{}:demo", layout.display());
+    let first: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["import", &source, "--json", "--no-sync"])).unwrap();
+    let digest = first["digest"].as_str().unwrap().to_owned();
+    let manual = "/usr/share/doc/demo/manual.txt";
+    let good = Command::new(BIN)
+        .args(["cat", &digest, manual, "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(good.status.success(), "{good:?}");
+
+    // Damage the object behind manual.txt.
+    let dump = ok(&store, &["dump", &digest]);
+    let line = dump
+        .lines()
+        .find(|l| l.starts_with(&format!("{manual} ")))
+        .unwrap();
+    let object = store.join("objects").join(line.split(' ').nth(8).unwrap());
+    let mut bytes = fs::read(&object).unwrap();
+    bytes[100_000] ^= 0x40;
+    fs::write(&object, &bytes).unwrap();
+
+    // cat of the SOURCE: the same image, no re-import, and the damaged read refused.
+    let out = Command::new(BIN)
+        .args(["cat", &source, manual, "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&String::from_utf8_lossy(&good.stdout)[..]),
+        "the damaged content was served"
+    );
+    assert_eq!(fs::read(&object).unwrap(), bytes, "cat changed the store");
+
+    // import of the same SOURCE finds the object damaged, applies the layers again and
+    // repairs it.
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["import", &source, "--json", "--no-sync"])).unwrap();
+    assert_eq!(again["digest"], first["digest"]);
+    assert_eq!(again["reused_image"], false);
+    let repaired = Command::new(BIN)
+        .args(["cat", &source, manual, "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(repaired.status.success(), "{repaired:?}");
+    assert_eq!(repaired.stdout, good.stdout);
+    // Now whole, the next import reuses the image.
+    let third: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["import", &source, "--json", "--no-sync"])).unwrap();
+    assert_eq!(third["reused_image"], true);
+}

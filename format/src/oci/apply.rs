@@ -26,7 +26,7 @@ use std::rc::Rc;
 
 use super::OciError;
 use super::blob::{BlobDigest, Tally};
-use super::import::{ImportOptions, ImportProgress, Imported};
+use super::import::{ImportOptions, ImportProgress, Imported, ReuseCheck};
 use super::layer::{LayerStats, ObjectSink, TreeBuilder};
 use super::layer_record::{
     RecordReplay, RecordWriter, Recording, RecordingSink, record_is_plausible,
@@ -327,8 +327,8 @@ impl<'s> Applier<'s> {
 
 /// The image a manifest produced before, when the store still has it whole:
 /// the manifest map names it, the `diff_id`s listed for it are `diff_ids`,
-/// its file has its digest and its objects are present. Then the import is
-/// only a tag.
+/// its file has its digest and (as `opts.reuse` asks) its objects hold their
+/// content. Then the import is only a tag.
 pub fn reuse_image(
     store: &ObjectStore,
     manifest: Option<&BlobDigest>,
@@ -342,7 +342,11 @@ pub fn reuse_image(
         return Ok(None);
     };
     let want: Vec<String> = diff_ids.iter().map(|d| d.to_string()).collect();
-    if store.image_layers(&digest).as_ref() != Some(&want) || !store.image_is_intact(&digest) {
+    let whole = match opts.reuse {
+        ReuseCheck::Objects => store.image_is_intact(&digest),
+        ReuseCheck::Image => store.stored_image_objects(&digest).is_ok(),
+    };
+    if store.image_layers(&digest).as_ref() != Some(&want) || !whole {
         return Ok(None);
     }
     Ok(Some(Imported {

@@ -32,7 +32,7 @@ mod sparse;
 use std::io;
 use std::path::PathBuf;
 
-pub use import::{ImportOptions, ImportProgress, Imported, import};
+pub use import::{ImportOptions, ImportProgress, Imported, ReuseCheck, import};
 pub use layer::{Limits, ObjectSink, TreeBuilder};
 pub use platform::Platform;
 pub use reference::DockerReference;

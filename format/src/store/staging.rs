@@ -19,7 +19,9 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 
 use super::fsops::{Dir, Expect};
-use super::{OBJECT_MODE, ObjectStore, Result, StoreError, TEMP_PREFIX, io_err, same_content};
+use super::{
+    OBJECT_MODE, ObjectStore, Result, StoreError, TEMP_PREFIX, holds_bytes, io_err, same_content,
+};
 use crate::verity::{self, Digest, FsVerityHasher, HashAlg, MerkleTree};
 
 /// Name of the directory holding staging directories, under the store root.
@@ -74,7 +76,7 @@ impl ObjectStore {
     }
 
     /// Whether the stored sidecar of `digest` holds exactly `tree`.
-    fn sidecar_holds(&self, digest: &Digest, tree: &[u8]) -> bool {
+    pub(super) fn sidecar_holds(&self, digest: &Digest, tree: &[u8]) -> bool {
         let rel = format!("{}/{}", self.sidecar_rel(), digest.object_path());
         self.root_fd
             .open_file_if_exists(&rel, Expect::Size(tree.len() as u64))
@@ -106,39 +108,76 @@ impl Staging<'_> {
     /// together. Content already in the store (and intact there) or already
     /// staged is not kept twice. Returns the digest and the byte count.
     pub fn insert_reader(&mut self, data: &mut dyn Read) -> Result<(Digest, u64)> {
-        let mut tmp = self
-            .dir
-            .create_temp(TEMP_PREFIX, 0o600)
-            .map_err(io_err("create a temporary file in", self.dir.path()))?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.stage(data, &mut buf);
+        self.buf = buf;
+        result
+    }
+
+    /// [`Staging::insert_reader`] with the read buffer lent out. Content that fits in the
+    /// buffer (most files) is hashed in memory first, so content already stored, or staged,
+    /// costs no temporary file at all: only a comparison with the stored bytes.
+    fn stage(&mut self, mut data: &mut dyn Read, buf: &mut [u8]) -> Result<(Digest, u64)> {
         let mut hasher = FsVerityHasher::with_tree(self.alg);
-        let mut data = data;
-        loop {
-            let n = verity::read_full(&mut data, &mut self.buf).map_err(StoreError::Read)?;
-            let chunk = self.buf.get(..n).unwrap_or_default();
-            hasher.update(chunk);
+        let n = verity::read_full(&mut data, buf).map_err(StoreError::Read)?;
+        let first = buf.get(..n).unwrap_or_default();
+        hasher.update(first);
+        // A full buffer may have more behind it: stream the rest into a temporary file.
+        let streamed = if n == buf.len() {
+            let mut tmp = self
+                .dir
+                .create_temp(TEMP_PREFIX, 0o600)
+                .map_err(io_err("create a temporary file in", self.dir.path()))?;
             tmp.file_mut()
-                .write_all(chunk)
+                .write_all(first)
                 .map_err(io_err("write", &tmp.display()))?;
-            if n < self.buf.len() {
-                break;
+            loop {
+                let n = verity::read_full(&mut data, buf).map_err(StoreError::Read)?;
+                let chunk = buf.get(..n).unwrap_or_default();
+                hasher.update(chunk);
+                tmp.file_mut()
+                    .write_all(chunk)
+                    .map_err(io_err("write", &tmp.display()))?;
+                if n < buf.len() {
+                    break;
+                }
             }
-        }
+            Some(tmp)
+        } else {
+            None
+        };
         let size = hasher.data_size();
         let (digest, tree) = hasher.finalize_with_tree();
         if self.seen.contains(&digest) {
             return Ok((digest, size));
         }
         let hex = digest.to_hex();
-        let stored_intact = self
+        let stored = self
             .store
             .objects_fd
             .open_file_if_exists(digest.object_path(), Expect::Size(size))
             .ok()
-            .flatten()
-            .is_some_and(|f| same_content(&f, tmp.file()).unwrap_or(false));
+            .flatten();
+        let stored_intact = stored.is_some_and(|f| match &streamed {
+            Some(tmp) => same_content(&f, tmp.file()).unwrap_or(false),
+            None => holds_bytes(&f, buf.get(..n).unwrap_or_default()).unwrap_or(false),
+        });
         let object = if stored_intact {
             None
         } else {
+            let tmp = match streamed {
+                Some(tmp) => tmp,
+                None => {
+                    let mut tmp = self
+                        .dir
+                        .create_temp(TEMP_PREFIX, 0o600)
+                        .map_err(io_err("create a temporary file in", self.dir.path()))?;
+                    tmp.file_mut()
+                        .write_all(buf.get(..n).unwrap_or_default())
+                        .map_err(io_err("write", &tmp.display()))?;
+                    tmp
+                }
+            };
             rustix::fs::fchmod(tmp.file(), rustix::fs::Mode::from_raw_mode(OBJECT_MODE))
                 .map_err(|e| io_err("set permissions of", &tmp.display())(e.into()))?;
             let st = rustix::fs::fstat(tmp.file())

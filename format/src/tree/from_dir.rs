@@ -317,14 +317,12 @@ fn run_jobs(jobs: &[Job], opts: &FromDirOptions) -> Result<Vec<(LeafId, Digest)>
 
 fn hash_one(job: &Job, opts: &FromDirOptions) -> Result<Digest, FromDirError> {
     match &opts.digest_store {
-        Some(store) => {
-            store
-                .insert_file(&job.path, opts.hash)
-                .map_err(|source| FromDirError::Store {
-                    path: job.path.clone(),
-                    source,
-                })
-        }
+        Some(store) => store
+            .insert_file_with_sidecar(&job.path, opts.hash)
+            .map_err(|source| FromDirError::Store {
+                path: job.path.clone(),
+                source,
+            }),
         None => verity::digest_file(opts.hash, &job.path).map_err(io_err("hash", &job.path)),
     }
 }

@@ -19,7 +19,8 @@ use super::UsageError;
 /// The image holds only metadata: every regular file larger than 64 bytes is
 /// recorded by its fs-verity digest and must be found in an object store
 /// (`objects/XX/rest-of-digest`) when the image is mounted. With
-/// `--digest-store DIR` the files are copied there as they are read.
+/// `--digest-store DIR` the files are copied there as they are read, with
+/// their Merkle trees in DIR/.verity (so a mount need not build them).
 /// The output is reproducible: the same input gives the same bytes.
 ///
 /// Examples:
@@ -33,7 +34,8 @@ pub struct CreateArgs {
     pub source: PathBuf,
     /// Where to write the image ('-' writes to standard output).
     pub image: PathBuf,
-    /// Copy every external file into this object directory (XX/rest layout).
+    /// Copy every external file into this object directory (XX/rest layout), and its
+    /// Merkle tree into DIR/.verity.
     #[arg(long, value_name = "DIR")]
     pub digest_store: Option<PathBuf>,
     /// INPUT is a composefs dumpfile, not a directory.

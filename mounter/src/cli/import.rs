@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use imgmount_format::oci::import::DownloadMeter;
-use imgmount_format::oci::{self, ImportOptions, ImportProgress, Imported, Limits, Source};
+use imgmount_format::oci::{
+    self, ImportOptions, ImportProgress, Imported, Limits, ReuseCheck, Source,
+};
 use imgmount_format::store::ObjectStore;
 use imgmount_format::verity::{Digest, HashAlg};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -121,6 +123,9 @@ pub fn run_source(source: &Source, flags: &ImportFlags) -> Result<()> {
             max_entries: flags.max_entries,
         },
         registry: flags.registry.options(),
+        // An explicit import promises the content is in the store: "import it again"
+        // repairs damaged objects.
+        reuse: ReuseCheck::Objects,
     };
     let mut progress = Bars::new(std::io::stdout().is_terminal() && !flags.json);
     let imported = oci::import(&store, source, &opts, &mut progress)
@@ -177,8 +182,10 @@ pub fn run_source(source: &Source, flags: &ImportFlags) -> Result<()> {
 }
 
 /// Imports with default options and no output: for commands that accept a
-/// SOURCE where an image is expected. Also returns the image the source's tag named
-/// before, if the import moved it.
+/// SOURCE where an image is expected. Those commands verify every object they read, so a
+/// manifest imported before reuses its image once the image file checks out, without a
+/// pass over its objects ([`ReuseCheck::Image`]). Also returns the image the source's tag
+/// named before, if the import moved it.
 pub fn import_quietly(
     store: &ObjectStore,
     source: &Source,
@@ -187,6 +194,7 @@ pub fn import_quietly(
     let opts = ImportOptions {
         tag: source.tag(),
         registry: registry.options(),
+        reuse: ReuseCheck::Image,
         ..ImportOptions::default()
     };
     let before = tag_target(store, opts.tag.as_deref())?;

@@ -71,9 +71,11 @@ pub struct MountArgs {
     /// store's `images/` and `objects/`), else beside the image.
     #[arg(long, value_name = "DIR")]
     pub objects: Option<PathBuf>,
-    /// Directory of Merkle tree sidecars (`XX/rest`, the object's name). Default: `verity`
-    /// beside the objects directory. Trees missing there are built on first open and saved
-    /// if the directory is writable; trees found there are checked before use.
+    /// Directory of Merkle tree sidecars (`XX/rest`, the object's name). Default: where the
+    /// store keeps them, `verity` beside a store's `objects` directory, `DIR/.verity` in a
+    /// bare object directory DIR (as `create --digest-store` writes). Trees missing there
+    /// are built on first open and saved if the directory is writable; trees found there
+    /// are checked before use.
     #[arg(long, value_name = "DIR")]
     pub verity_dir: Option<PathBuf>,
     /// Refuse to mount unless the image file's fs-verity digest is this (`sha256:HEX`).

@@ -22,6 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use imgmount_format::store::fsops::{Dir, Expect, PositionedReader};
+use imgmount_format::store::{BARE_VERITY_DIR, OBJECTS_DIR, VERITY_DIR};
 use imgmount_format::verity::{self, BLOCK_SIZE, Digest, MerkleTree};
 
 /// Where sidecar trees are looked for and saved.
@@ -71,12 +72,19 @@ impl Sidecars {
         Sidecars { dir, anchor, below }
     }
 
-    /// The default sidecar directory for an objects directory: `verity/` beside it.
+    /// The default sidecar directory for an objects directory, where the store keeps them:
+    /// a bare store (`imgmount create --digest-store=DIR`, or `mkcomposefs`'s) keeps them
+    /// inside, in `DIR/.verity/`; a store's `objects/` has `verity/` beside it. A bare
+    /// directory without trees yet gets `.verity/` too.
     pub fn default_dir(objects: &Path) -> PathBuf {
-        objects
-            .parent()
-            .unwrap_or_else(|| Path::new("/"))
-            .join("verity")
+        let bare = objects.join(BARE_VERITY_DIR);
+        if bare.is_dir() {
+            return bare;
+        }
+        match (objects.file_name(), objects.parent()) {
+            (Some(name), Some(parent)) if name == OBJECTS_DIR => parent.join(VERITY_DIR),
+            _ => bare,
+        }
     }
 
     /// Path of the sidecar for a digest: `DIR/XX/rest` (for messages).
