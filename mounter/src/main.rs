@@ -4,6 +4,7 @@
 //! in its own file under `cli/`.
 
 mod boot;
+mod deploy;
 mod cli;
 mod fs;
 mod read;
