@@ -6,41 +6,15 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use imgmount_benches::{dir_image, random_names};
 use imgmount_format::erofs::reader::Image;
 
 const ENTRIES: usize = 10_000;
 
-fn name(i: usize) -> String {
-    format!("file-{i:06}-{:x}", i.wrapping_mul(0x9E37_79B9) & 0xffff)
-}
-
-fn image() -> Vec<u8> {
-    let mut dump = String::from("/ 0 40755 3 0 0 0 1700000000.0 - - -\n");
-    dump += "/big 0 40755 2 0 0 0 1700000000.0 - - -\n";
-    for i in 0..ENTRIES {
-        dump += &format!("/big/{} 0 100644 1 0 0 0 1700000000.0 - - -\n", name(i));
-    }
-    let fs = composefs::dumpfile::dumpfile_to_validated_filesystem::<
-        composefs::fsverity::Sha256HashValue,
-    >(&dump)
-    .expect("dumpfile");
-    composefs::erofs::writer::mkfs_erofs_versioned(&fs, composefs::erofs::format::FormatVersion::V0)
-        .into_vec()
-}
-
 fn lookup(c: &mut Criterion) {
-    let img = Image::from_bytes(image()).expect("image");
+    let img = Image::from_bytes(dir_image(ENTRIES)).expect("image");
     let dir = img.lookup_path(b"/big").unwrap().expect("/big");
-    // A fixed pseudo-random order of existing names.
-    let mut x = 0x1234_5678_u64;
-    let names: Vec<Vec<u8>> = (0..1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            name(x as usize % ENTRIES).into_bytes()
-        })
-        .collect();
+    let names = random_names(ENTRIES, 1024);
     for n in &names {
         assert!(img.lookup(&dir, n).unwrap().is_some());
     }

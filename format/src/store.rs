@@ -5,27 +5,44 @@
 //! So an object exists under its name only with its complete content, however many writers
 //! race to store it, and identical content is stored once.
 //!
+//! The store is not trusted: anyone who can write to it may change any file, or replace it
+//! with a symlink, a FIFO or a device. Every access goes through [`fsops`], below the root
+//! directory opened once: no symlink is ever followed below it, no open blocks, nothing but a
+//! regular file of the expected size is read. Content is never trusted by its name: images
+//! are verified against their digest whenever they are read ([`ObjectStore::load_image`]),
+//! objects whenever they are served, and storing content whose name already exists checks
+//! the existing file and replaces it when its bytes are not the content (so "import it
+//! again" repairs a damaged object).
+//!
 //! A *bare* store is just the objects directory (what `mkcomposefs --digest-store=DIR`
 //! writes: `DIR/XX/rest`); it has no images, refs or sidecar directories.
 //! Images, refs and the lock live in `store/images.rs`, import staging in `store/staging.rs`,
-//! gc and fsck in `store/maintenance.rs`.
+//! gc and fsck in `store/maintenance.rs`, layer records and the manifest map in
+//! `store/layers.rs`, partial registry downloads in `store/downloads.rs`.
 
+mod downloads;
+pub mod fsops;
 mod images;
+mod layers;
 mod maintenance;
 mod staging;
 
+pub use downloads::{DOWNLOADS_DIR, Download};
 pub use images::{
-    BARE_VERITY_DIR, IMAGES_DIR, ImageInfo, REFS_DIR, StoreLock, VERITY_DIR, validate_tag,
+    BARE_VERITY_DIR, IMAGES_DIR, ImageInfo, MAX_IMAGE_SIZE, REFS_DIR, StoreLock, StoredImage,
+    VERITY_DIR, validate_tag,
 };
+pub use layers::{LAYERS_DIR, MANIFESTS_DIR, MAX_RECORD_SIZE, split_content_digest};
 pub use maintenance::{FsckProblem, FsckReport, GcReport};
 pub use staging::{Staging, TMP_DIR};
 
-use std::fs::{self, File, Permissions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use tempfile::NamedTempFile;
+use fsops::{Dir, Expect, Kind, TempFile};
 
 use crate::verity::{self, Digest, FsVerityHasher, HashAlg, MerkleTree};
 
@@ -69,6 +86,53 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError
     move |source| StoreError::Io { op, path, source }
 }
 
+/// The fan-out directory and file name of an object or sidecar: `XX` and `rest-of-hex`.
+fn split_name(digest: &Digest) -> (String, String) {
+    let hex = digest.to_hex();
+    let rest = hex.get(2..).unwrap_or_default().to_owned();
+    let mut fan = hex;
+    fan.truncate(2);
+    (fan, rest)
+}
+
+/// Whether two open files hold the same bytes (read in full, compared chunk by chunk).
+fn same_content(a: &File, b: &File) -> io::Result<bool> {
+    let (la, lb) = (a.metadata()?.len(), b.metadata()?.len());
+    if la != lb {
+        return Ok(false);
+    }
+    // Buffers no larger than the file: most objects are small, and zeroing two large
+    // buffers per comparison would cost more than the comparison.
+    let chunk = usize::try_from(la).unwrap_or(usize::MAX).min(1 << 18);
+    let mut x = vec![0u8; chunk];
+    let mut y = vec![0u8; chunk];
+    let mut off = 0u64;
+    while off < la {
+        let n = ((la - off) as usize).min(x.len());
+        let (bx, by) = (&mut x[..n], &mut y[..n]);
+        if a.read_exact_at(bx, off).is_err() || b.read_exact_at(by, off).is_err() || bx != by {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
+}
+
+/// Whether an open file holds exactly `data`.
+fn holds_bytes(file: &File, data: &[u8]) -> io::Result<bool> {
+    if file.metadata()?.len() != data.len() as u64 {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; (1 << 18).min(data.len())];
+    for (i, want) in data.chunks(1 << 18).enumerate() {
+        let got = &mut buf[..want.len()];
+        if file.read_exact_at(got, (i as u64) << 18).is_err() || got != want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A directory holding `objects/XX/rest-of-hex` files named by their fs-verity digest.
 #[derive(Debug, Clone)]
 pub struct ObjectStore {
@@ -77,65 +141,69 @@ pub struct ObjectStore {
     objects: PathBuf,
     bare: bool,
     fsync: bool,
+    /// The root, opened once: every path below it is resolved from here.
+    root_fd: Dir,
+    objects_fd: Dir,
 }
 
 impl ObjectStore {
     /// Opens an existing store.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
-        let store = ObjectStore::at(root.into());
-        match fs::metadata(&store.objects) {
-            Ok(m) if m.is_dir() => Ok(store),
-            Ok(_) => Err(StoreError::NotAStore { path: store.root }),
+        let root = root.into();
+        let root_fd = match Dir::open(&root) {
+            Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(StoreError::NotAStore { path: store.root })
+                return Err(StoreError::NotAStore { path: root });
             }
-            Err(e) => Err(io_err("open", &store.objects)(e)),
-        }
+            Err(e) => return Err(io_err("open", &root)(e)),
+        };
+        let objects_fd = match root_fd.open_dir(OBJECTS_DIR) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotAStore { path: root });
+            }
+            Err(e) => return Err(io_err("open", &root.join(OBJECTS_DIR))(e)),
+        };
+        Ok(ObjectStore::with(root, root_fd, objects_fd, false))
     }
 
     /// Opens a store, creating its directories if needed.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
-        let store = ObjectStore::at(root.into());
-        fs::create_dir_all(&store.objects).map_err(io_err("create", &store.objects))?;
-        Ok(store)
+        let root = root.into();
+        let root_fd = Dir::create(&root).map_err(io_err("create", &root))?;
+        let objects_fd = root_fd
+            .create_dir(OBJECTS_DIR)
+            .map_err(io_err("create", &root.join(OBJECTS_DIR)))?;
+        Ok(ObjectStore::with(root, root_fd, objects_fd, false))
     }
 
     /// Opens an existing bare store: `dir` itself holds the `XX/` object directories.
     pub fn open_bare(dir: impl Into<PathBuf>) -> Result<Self> {
-        let store = ObjectStore::at_bare(dir.into());
-        match fs::metadata(&store.objects) {
-            Ok(m) if m.is_dir() => Ok(store),
-            Ok(m) => Err(io_err("open", &store.objects)(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("not a directory ({:?})", m.file_type()),
-            ))),
-            Err(e) => Err(io_err("open", &store.objects)(e)),
-        }
+        let dir = dir.into();
+        let fd = Dir::open(&dir).map_err(io_err("open", &dir))?;
+        Ok(ObjectStore::with(dir, fd.clone(), fd, true))
     }
 
     /// Opens a bare store, creating the directory if needed.
     pub fn create_bare(dir: impl Into<PathBuf>) -> Result<Self> {
-        let store = ObjectStore::at_bare(dir.into());
-        fs::create_dir_all(&store.objects).map_err(io_err("create", &store.objects))?;
-        Ok(store)
+        let dir = dir.into();
+        let fd = Dir::create(&dir).map_err(io_err("create", &dir))?;
+        Ok(ObjectStore::with(dir, fd.clone(), fd, true))
     }
 
-    fn at(root: PathBuf) -> Self {
-        let objects = root.join(OBJECTS_DIR);
+    fn with(root: PathBuf, root_fd: Dir, objects_fd: Dir, bare: bool) -> Self {
+        let objects = if bare {
+            root.clone()
+        } else {
+            root.join(OBJECTS_DIR)
+        };
         ObjectStore {
             root,
             objects,
-            bare: false,
+            bare,
             fsync: true,
-        }
-    }
-
-    fn at_bare(dir: PathBuf) -> Self {
-        ObjectStore {
-            objects: dir.clone(),
-            root: dir,
-            bare: true,
-            fsync: true,
+            root_fd,
+            objects_fd,
         }
     }
 
@@ -158,31 +226,74 @@ impl ObjectStore {
         &self.root
     }
 
+    /// The store root, opened: resolve paths inside the store from here (see [`fsops`]).
+    pub fn root_fd(&self) -> &Dir {
+        &self.root_fd
+    }
+
     /// The directory holding the `XX/` object directories: `objects/`, or the root of a bare
     /// store. composefs mounts use it as the overlay data layer.
     pub fn objects_dir(&self) -> &Path {
         &self.objects
     }
 
-    /// Where the object with this digest is (or would be) stored.
+    /// The objects directory, opened (see [`fsops`]).
+    pub fn objects_fd(&self) -> &Dir {
+        &self.objects_fd
+    }
+
+    /// Where the object with this digest is (or would be) stored. For messages: open objects
+    /// with [`ObjectStore::open_object`].
     pub fn object_path(&self, digest: &Digest) -> PathBuf {
         self.objects.join(digest.object_path())
     }
 
-    /// Whether an object with this digest is stored.
+    /// Whether a regular file is stored under this digest's name (its content unchecked).
     pub fn contains(&self, digest: &Digest) -> bool {
-        fs::symlink_metadata(self.object_path(digest)).is_ok_and(|m| m.is_file())
+        self.object_size(digest).is_some()
     }
 
-    /// Opens a stored object for reading. Its content is not checked against the digest.
+    /// The size of the regular file stored under this digest's name, if there is one.
+    pub fn object_size(&self, digest: &Digest) -> Option<u64> {
+        let (fan, rest) = split_name(digest);
+        self.objects_fd
+            .open_dir_if_exists(&fan)
+            .ok()
+            .flatten()
+            .and_then(|d| d.metadata(&rest).ok().flatten())
+            .filter(|m| m.kind == Kind::File)
+            .map(|m| m.len)
+    }
+
+    /// Whether the object stored under this digest's name is a regular file whose content
+    /// has that digest (read whole: the one sure check without kernel fs-verity).
+    pub fn object_is_intact(&self, digest: &Digest) -> bool {
+        self.objects_fd
+            .open_file(digest.object_path(), Expect::Any)
+            .and_then(|f| verity::digest_reader(digest.alg(), f))
+            .is_ok_and(|actual| actual == *digest)
+    }
+
+    /// Opens a stored object for reading: a regular file, never through a symlink, never
+    /// blocking. Its content is not checked against the digest.
     pub fn open_object(&self, digest: &Digest) -> Result<File> {
-        let path = self.object_path(digest);
-        File::open(&path).map_err(io_err("open object", &path))
+        self.open_object_expecting(digest, Expect::Any)
+    }
+
+    /// Opens a stored object that must have `size` bytes (the size an image gives it).
+    pub fn open_object_sized(&self, digest: &Digest, size: u64) -> Result<File> {
+        self.open_object_expecting(digest, Expect::Size(size))
+    }
+
+    fn open_object_expecting(&self, digest: &Digest, expect: Expect) -> Result<File> {
+        self.objects_fd
+            .open_file(digest.object_path(), expect)
+            .map_err(io_err("open object", &self.object_path(digest)))
     }
 
     /// Stores a file's content; returns its digest.
     pub fn insert_file(&self, src: &Path, alg: HashAlg) -> Result<Digest> {
-        let file = File::open(src).map_err(io_err("open", src))?;
+        let file = fsops::open_regular(src, Expect::Any).map_err(io_err("open", src))?;
         let mut hasher = FsVerityHasher::new(alg);
         let tmp = self.copy_to_temp(file, &mut hasher, Some(src))?;
         let digest = hasher.finalize();
@@ -192,7 +303,7 @@ impl ObjectStore {
 
     /// Stores a file's content; returns its digest and Merkle tree (for a verity sidecar).
     pub fn insert_file_with_tree(&self, src: &Path, alg: HashAlg) -> Result<(Digest, MerkleTree)> {
-        let file = File::open(src).map_err(io_err("open", src))?;
+        let file = fsops::open_regular(src, Expect::Any).map_err(io_err("open", src))?;
         let mut hasher = FsVerityHasher::with_tree(alg);
         let tmp = self.copy_to_temp(file, &mut hasher, Some(src))?;
         let (digest, tree) = hasher.finalize_with_tree();
@@ -209,23 +320,49 @@ impl ObjectStore {
         Ok(digest)
     }
 
-    /// Stores a buffer; returns its digest. Nothing is written if the object exists.
+    /// Stores a buffer; returns its digest. Nothing is written if the object exists with
+    /// this content.
     pub fn insert_bytes(&self, data: &[u8], alg: HashAlg) -> Result<Digest> {
         // The data is at hand, so hashing first is cheap and skips the temporary file
         // for content already stored.
         let digest = verity::digest_bytes(alg, data);
-        if !self.contains(&digest) {
+        let intact = self
+            .objects_fd
+            .open_file_if_exists(digest.object_path(), Expect::Size(data.len() as u64))
+            .ok()
+            .flatten()
+            .is_some_and(|f| holds_bytes(&f, data).unwrap_or(false));
+        if !intact {
             let mut tmp = self.temp_file()?;
-            tmp.write_all(data).map_err(io_err("write", tmp.path()))?;
+            tmp.file_mut()
+                .write_all(data)
+                .map_err(io_err("write", &tmp.display()))?;
             self.commit(tmp, &digest)?;
         }
         Ok(digest)
     }
 
-    fn temp_file(&self) -> Result<NamedTempFile> {
-        tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(&self.objects)
+    /// A new temporary file (mode 0644) in `dir` holding `data`, fsynced if the store
+    /// fsyncs: for a small file to be given its name with [`TempFile::persist`] (removed
+    /// again if dropped).
+    fn temp_holding(&self, dir: &Dir, data: &[u8]) -> Result<TempFile> {
+        let mut tmp = dir
+            .create_temp(TEMP_PREFIX, 0o644)
+            .map_err(io_err("create a temporary file in", dir.path()))?;
+        tmp.file_mut()
+            .write_all(data)
+            .map_err(io_err("write", &tmp.display()))?;
+        if self.fsync {
+            tmp.file()
+                .sync_all()
+                .map_err(io_err("fsync", &tmp.display()))?;
+        }
+        Ok(tmp)
+    }
+
+    fn temp_file(&self) -> Result<TempFile> {
+        self.objects_fd
+            .create_temp(TEMP_PREFIX, 0o600)
             .map_err(io_err("create a temporary file in", &self.objects))
     }
 
@@ -236,7 +373,7 @@ impl ObjectStore {
         mut reader: impl Read,
         hasher: &mut FsVerityHasher,
         src: Option<&Path>,
-    ) -> Result<NamedTempFile> {
+    ) -> Result<TempFile> {
         let mut tmp = self.temp_file()?;
         let mut buf = vec![0u8; verity::READ_BUF_SIZE];
         loop {
@@ -245,48 +382,67 @@ impl ObjectStore {
                 None => StoreError::Read(e),
             })?;
             hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n])
-                .map_err(io_err("write", tmp.path()))?;
+            tmp.file_mut()
+                .write_all(&buf[..n])
+                .map_err(io_err("write", &tmp.display()))?;
             if n < buf.len() {
                 return Ok(tmp);
             }
         }
     }
 
-    /// Gives a complete temporary file its object name, unless that object already exists
-    /// (then the temporary file is just removed: content-addressed, so it is the same data).
-    fn commit(&self, tmp: NamedTempFile, digest: &Digest) -> Result<()> {
-        let path = self.object_path(digest);
-        if self.contains(digest) {
-            return Ok(());
-        }
-        let file = tmp.as_file();
-        file.set_permissions(Permissions::from_mode(OBJECT_MODE))
-            .map_err(io_err("set permissions of", tmp.path()))?;
+    /// The fan-out directory `XX` of a digest, created if missing. Something other than a
+    /// directory there (a symlink, say) is an error, never followed.
+    fn fan_dir(&self, base: &Dir, digest: &Digest) -> Result<Dir> {
+        let (fan, _) = split_name(digest);
+        base.create_dir(&fan).map_err(|e| {
+            let path = base.display(&fan);
+            StoreError::Corrupt {
+                reason: format!("{e} (run `imgmount fsck --repair`)"),
+                path,
+            }
+        })
+    }
+
+    /// Gives a complete temporary file its object name. An object already there is kept if
+    /// it holds the same bytes (an existing object may have kernel fs-verity enabled, which
+    /// a rename over it would drop), and replaced if it does not: its name lied.
+    fn commit(&self, tmp: TempFile, digest: &Digest) -> Result<()> {
+        rustix::fs::fchmod(tmp.file(), rustix::fs::Mode::from_raw_mode(OBJECT_MODE))
+            .map_err(|e| io_err("set permissions of", &tmp.display())(e.into()))?;
         if self.fsync {
             // Data first, name second: the name must never point at content not yet on disk.
-            file.sync_all().map_err(io_err("fsync", tmp.path()))?;
+            tmp.file()
+                .sync_all()
+                .map_err(io_err("fsync", &tmp.display()))?;
         }
-        let dir = path.parent().unwrap_or(&self.objects);
-        match fs::create_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("create", dir)(e)),
+        let fan = self.fan_dir(&self.objects_fd, digest)?;
+        let (_, rest) = split_name(digest);
+        self.place(tmp, &fan, OsStr::new(&rest), digest)
+    }
+
+    /// Names `tmp` `name` in `dir` unless a file with the same bytes is already there.
+    fn place(&self, tmp: TempFile, dir: &Dir, name: &OsStr, digest: &Digest) -> Result<()> {
+        let path = self.object_path(digest);
+        match dir.open_file_if_exists(name, Expect::Any) {
+            Ok(None) => {
+                // Losing a race to another writer leaves its copy, which is the content (or
+                // is replaced by whoever stores this content next).
+                tmp.persist_noclobber(dir, name)
+                    .map_err(io_err("rename an object into", &path))?;
+                Ok(())
+            }
+            Ok(Some(existing)) if same_content(&existing, tmp.file()).unwrap_or(false) => Ok(()),
+            // Other bytes, a symlink, a FIFO, a device: the name lies, the new file replaces
+            // it (a directory there makes this fail, for fsck to report).
+            _ => tmp.persist(dir, name).map_err(io_err("replace", &path)),
         }
-        // No-clobber rename: never replace an object another writer already named. Besides
-        // saving work, an existing object may have kernel fs-verity enabled, which a plain
-        // rename over it would silently drop.
-        match tmp.persist_noclobber(&path) {
-            Ok(_) => {}
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("rename an object into", &path)(e.error)),
-        }
-        Ok(())
     }
 }
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;

@@ -1,8 +1,11 @@
 //! Dumpfile parsing and printing: exact round trips, agreement with the composefs crate
 //! (whose writer is byte-identical to C mkcomposefs), and robustness on mutated input.
 
+mod common;
+
 use std::collections::HashMap;
 
+use common::Rng;
 use imgmount_format::composefs::tree_from_image;
 use imgmount_format::dumpfile::{
     DumpfileError, Reason, erofs_dir_size, parse_dumpfile, write_dumpfile_to_string,
@@ -27,6 +30,7 @@ const SHA512: &str = "cd0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c
 /// - xattrs stored in the inode print before shared ones (here `user.shared`, used by two
 ///   inodes, and the root's `security.selinux`, copied to every stub).
 /// - a later name of a hard link repeats the inode with `@` and the first path as payload.
+/// - format 1 marks `/dir`, which holds a whiteout, with the opaque pair.
 /// - a second count of 2^64-1 prints as -1 (C prints it signed).
 fn fixture() -> String {
     let p256 = format!("ab/{}", &SHA256[2..]);
@@ -36,7 +40,7 @@ fn fixture() -> String {
 /blk 0 60660 1 0 6 2049 1700000000.5 - - -
 /chr 0 20666 1 0 5 259 1700000000.5 - - -
 /dash 1 100600 1 0 0 0 1700000000.5 - \x2d -
-/dir 88 40700 2 0 0 0 1700000000.5 - - -
+/dir 88 40700 2 0 0 0 1700000000.5 - - - trusted.overlay.opaque=x user.overlay.opaque=x
 /dir/ext 5000 100644 1 0 0 0 1700000000.5 {p256} - {SHA256} user.shared=s
 /dir/ext512 70000 104755 1 0 0 0 1700000000.5 - - {SHA512}
 /dir/hl 6 100644 2 0 0 0 1700000000.5 - hello\n - user.h=1
@@ -276,15 +280,17 @@ fn c_leniencies_are_accepted() {
     assert_eq!(leaf_at(&tree, b"/b").0, c);
     assert_eq!(tree.link_counts()[c.0], 3);
     let printed = write_dumpfile_to_string(&tree);
-    // Printed canonically: /a is now the first name, the others link to it.
+    // Printed canonically, keeping what the image depends on: /c is the inode's own
+    // name (C numbers the inode there) and NLINK is 1 as given, not the 3 names.
     assert_eq!(
         printed,
         "/ 4096 40755 2 0 0 0 0.0 - - -\n\
-         /a 3 100644 3 0 0 0 0.0 - abc -\n\
-         /b 3 @100644 3 0 0 0 0.0 /a abc -\n\
-         /c 3 @100644 3 0 0 0 0.0 /a abc -\n\
+         /a 3 @100644 1 0 0 0 0.0 /c abc -\n\
+         /b 3 @100644 1 0 0 0 0.0 /c abc -\n\
+         /c 3 100644 1 0 0 0 0.0 - abc -\n\
          /l 6 120777 1 0 0 0 0.0 target - -\n"
     );
+    assert_eq!(parse_dumpfile(printed.as_bytes()).unwrap(), tree);
     // composefs-rs's hard-link lines (`@120000 - - - - 0.0 target - -`) only carry a target.
     let rs = "/ 0 40755 2 0 0 0 0.0 - - -\n/f 1 100644 2 0 0 0 0.0 - x -\n/g 0 @120000 - - - - 0.0 /f - -\n";
     let tree = parse_dumpfile(rs.as_bytes()).unwrap();
@@ -300,31 +306,47 @@ fn c_leniencies_are_accepted() {
 
 // ---- random trees ---------------------------------------------------------------------
 
-/// Renumbers leaves in dumpfile order (depth first, sorted names) and drops unreferenced
-/// ones: the numbering the parser, tree_from_dir and tree_from_image produce.
+/// Renumbers leaves in dumpfile order (depth first, sorted names, each leaf at its own
+/// name) and drops unreferenced ones: the numbering the parser, tree_from_dir and
+/// tree_from_image produce.
 fn canonical(tree: &Tree) -> Tree {
-    fn walk(
-        dir: &Directory,
-        old: &Tree,
-        new: &mut Tree,
-        map: &mut HashMap<LeafId, LeafId>,
-    ) -> Directory {
+    fn names(dir: &Directory, path: &[u8], out: &mut Vec<(Vec<u8>, LeafId)>) {
+        for (name, node) in &dir.entries {
+            let p = [path, b"/", name].concat();
+            match node {
+                Node::Directory(d) => names(d, &p, out),
+                Node::Leaf(id) => out.push((p, *id)),
+            }
+        }
+    }
+    fn rebuild(dir: &Directory, map: &HashMap<LeafId, LeafId>) -> Directory {
         let mut out = Directory::new(dir.stat.clone());
         for (name, node) in &dir.entries {
             let node = match node {
-                Node::Directory(d) => Node::Directory(Box::new(walk(d, old, new, map))),
-                Node::Leaf(id) => Node::Leaf(
-                    *map.entry(*id)
-                        .or_insert_with(|| new.push_leaf(old.leaf(*id).clone())),
-                ),
+                Node::Directory(d) => Node::Directory(Box::new(rebuild(d, map))),
+                Node::Leaf(id) => Node::Leaf(map[id]),
             };
             out.entries.insert(name.clone(), node);
         }
         out
     }
+    let own = tree.primary_paths();
+    let mut all = Vec::new();
+    names(&tree.root, b"", &mut all);
     let mut new = Tree::new(tree.root.stat.clone());
-    let root = walk(&tree.root, tree, &mut new, &mut HashMap::new());
-    new.root = root;
+    let mut map = HashMap::new();
+    for (path, id) in &all {
+        if own.get(id).is_none_or(|p| p == path) {
+            map.insert(*id, new.push_leaf(tree.leaf(*id).clone()));
+        }
+    }
+    new.root = rebuild(&tree.root, &map);
+    new.primary_names = tree
+        .primary_names
+        .iter()
+        .filter_map(|(id, path)| Some((*map.get(id)?, path.clone())))
+        .collect();
+    new.normalize_link_info();
     new
 }
 
@@ -363,6 +385,7 @@ fn arb_stat() -> impl Strategy<Value = Stat> {
             gid,
             mtime: Mtime { sec, nsec },
             xattrs,
+            nlink: None,
         })
 }
 
@@ -417,8 +440,9 @@ enum Kind {
     File(Box<Leaf>),
 }
 
-/// A random tree: directories up to three levels deep, leaves of every kind, and names
-/// that link to an earlier leaf (hard links).
+/// A random tree: directories up to three levels deep, leaves of every kind, names that
+/// link to an earlier leaf (hard links), some of them the inode's own name though not
+/// its first, and link counts other than the number of names.
 fn arb_tree() -> impl Strategy<Value = Tree> {
     let entry = (
         proptest::collection::vec(0usize..4, 0..3),
@@ -429,32 +453,52 @@ fn arb_tree() -> impl Strategy<Value = Tree> {
         ],
         any::<Option<usize>>(),
     );
-    (arb_stat(), proptest::collection::vec(entry, 0..25)).prop_map(|(root, entries)| {
-        let mut tree = Tree::new(root);
-        let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
-        for (choice, name, what, link) in entries {
-            let parent = dirs[choice.first().copied().unwrap_or(0) % dirs.len()].clone();
-            let path = [parent.as_slice(), b"/", name.as_slice()].concat();
-            let node = match (what, link) {
-                (Kind::Dir(stat), _) => Node::Directory(Box::new(Directory::new(stat))),
-                (Kind::File(_), Some(i))
-                    if !tree.leaves.is_empty()
-                        && !tree
-                            .leaf(LeafId(i % tree.leaves.len()))
-                            .content
-                            .is_whiteout() =>
-                {
-                    Node::Leaf(LeafId(i % tree.leaves.len()))
+    (
+        arb_stat(),
+        proptest::collection::vec(entry, 0..25),
+        proptest::collection::vec((any::<usize>(), 0u32..4), 0..4),
+        proptest::collection::vec(any::<usize>(), 0..3),
+    )
+        .prop_map(|(root, entries, nlinks, own_names)| {
+            let mut tree = Tree::new(root);
+            let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
+            for (choice, name, what, link) in entries {
+                let parent = dirs[choice.first().copied().unwrap_or(0) % dirs.len()].clone();
+                let path = [parent.as_slice(), b"/", name.as_slice()].concat();
+                let node = match (what, link) {
+                    (Kind::Dir(stat), _) => Node::Directory(Box::new(Directory::new(stat))),
+                    (Kind::File(_), Some(i))
+                        if !tree.leaves.is_empty()
+                            && !tree
+                                .leaf(LeafId(i % tree.leaves.len()))
+                                .content
+                                .is_whiteout() =>
+                    {
+                        Node::Leaf(LeafId(i % tree.leaves.len()))
+                    }
+                    (Kind::File(leaf), _) => Node::Leaf(tree.push_leaf(*leaf)),
+                };
+                let is_dir = matches!(node, Node::Directory(_));
+                if tree.insert(&path, node).is_ok() && is_dir {
+                    dirs.push(path);
                 }
-                (Kind::File(leaf), _) => Node::Leaf(tree.push_leaf(*leaf)),
-            };
-            let is_dir = matches!(node, Node::Directory(_));
-            if tree.insert(&path, node).is_ok() && is_dir {
-                dirs.push(path);
             }
-        }
-        canonical(&tree)
-    })
+            let leaves = tree.leaves.len();
+            for (i, n) in nlinks {
+                if leaves > 0 {
+                    tree.leaves[i % leaves].stat.nlink = Some(n);
+                }
+            }
+            let mut names = Vec::new();
+            tree.for_each_hard_link(|id, path| names.push((id, path.to_vec())));
+            for i in own_names {
+                if !names.is_empty() {
+                    let (id, path) = names[i % names.len()].clone();
+                    tree.primary_names.insert(id, path);
+                }
+            }
+            canonical(&tree)
+        })
 }
 
 /// Trees the dumpfile describes one way only: what the writer would not keep is absent.
@@ -526,26 +570,14 @@ fn image_written_by_composefs_reads_back_as_the_tree() {
         let image = composefs::erofs::writer::mkfs_erofs_versioned(&validated, version);
         let image = Image::from_bytes(image.into_vec()).unwrap();
         let tree = tree_from_image(&image).unwrap();
-        assert_eq!(tree, ours);
+        // The fixture states the opaque pair format 1 adds beside `/dir/wh`, so even a
+        // format 0 image stores it (as plain xattrs).
+        assert_eq!(tree, ours, "{version:?}");
         assert_eq!(write_dumpfile_to_string(&tree), text);
     }
 }
 
 // ---- mutated input ----------------------------------------------------------------------
-
-/// xorshift64*: deterministic and dependency free.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 #[test]
 fn mutated_dumpfiles_never_panic() {

@@ -201,6 +201,133 @@ fn pax_records_xattrs_times_and_long_names() {
     );
 }
 
+/// Go's archive/tar (umoci, most registries) writes names and xattr values it cannot put
+/// in the ustar header as PAX records, whose length prefix lets a value hold newlines.
+#[test]
+fn pax_records_are_read_by_their_lengths() {
+    let target = "caf\u{e9}\nlink".as_bytes();
+    let name = "dir/new\nline";
+    let cap = b"\x01\x00\x00\x02\x0a\x00\x00\x00";
+    let mut l = Layer::new();
+    l.dir("dir/");
+    l.pax(&[("linkpath", target)])
+        .raw(b"dir/sym", EntryType::Symlink, b"", b"ustar-target");
+    l.pax(&[("path", name.as_bytes())])
+        .raw(b"dir/ustar-name", EntryType::Regular, b"nl", b"");
+    l.pax(&[("SCHILY.xattr.security.capability", cap)])
+        .file("cap", b"c");
+    // The value's newlines must not end the record: what follows it in the value is not
+    // a record of its own (the tar crate took this for the entry's link target).
+    l.pax(&[("SCHILY.xattr.user.note", b"\n22 linkpath=/etc/evil\n")])
+        .raw(b"innocent", EntryType::Symlink, b"", b"harmless");
+    // A size record after a record with a newline, and a header that says 0 (as Go writes
+    // for files of 8 GiB and more): the data must still be framed by the record.
+    l.pax(&[("SCHILY.xattr.user.n", b"a\nb"), ("size", b"600")])
+        .raw_with_size(b"sized", &[b's'; 600], 0);
+    l.file("after", b"still in step");
+    let bytes = l.bytes();
+    let (tree, sink) = apply(vec![bytes.clone()]).unwrap();
+
+    assert_eq!(
+        leaf(&tree, "/dir/sym").content,
+        LeafContent::Symlink(target.to_vec())
+    );
+    assert_eq!(content(&tree, &sink, "/dir/new\nline"), b"nl");
+    assert!(!exists(&tree, "/dir/ustar-name"));
+    assert_eq!(
+        leaf(&tree, "/cap")
+            .stat
+            .xattrs
+            .get(&b"security.capability"[..])
+            .unwrap(),
+        cap
+    );
+    let innocent = leaf(&tree, "/innocent");
+    assert_eq!(innocent.content, LeafContent::Symlink(b"harmless".to_vec()));
+    assert_eq!(
+        innocent.stat.xattrs.get(&b"user.note"[..]).unwrap(),
+        b"\n22 linkpath=/etc/evil\n"
+    );
+    assert_eq!(content(&tree, &sink, "/sized"), vec![b's'; 600]);
+    assert_eq!(content(&tree, &sink, "/after"), b"still in step");
+
+    // GNU tar reads the archive the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let tarball = dir.path().join("pax.tar");
+    std::fs::write(&tarball, &bytes).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .expect("GNU tar runs");
+    assert!(status.success());
+    use std::os::unix::ffi::OsStrExt;
+    let gnu = std::fs::read_link(out.join("dir/sym")).unwrap();
+    assert_eq!(gnu.as_os_str().as_bytes(), target);
+    assert_eq!(std::fs::read(out.join("dir/new\nline")).unwrap(), b"nl");
+    let gnu = std::fs::read_link(out.join("innocent")).unwrap();
+    assert_eq!(gnu.as_os_str().as_bytes(), b"harmless");
+    assert_eq!(std::fs::read(out.join("sized")).unwrap(), vec![b's'; 600]);
+}
+
+/// An old GNU sparse file with more holes than its header lists is followed by extension
+/// blocks; whoever frames the archive must step over them as the tar crate does.
+#[test]
+fn gnu_sparse_extension_blocks_keep_the_archive_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("holes");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(&path).unwrap();
+        for i in 0..40u64 {
+            f.seek(SeekFrom::Start(i * (64 << 10))).unwrap();
+            f.write_all(format!("island {i}").as_bytes()).unwrap();
+        }
+        f.set_len(40 * (64 << 10)).unwrap();
+    }
+    std::fs::write(dir.path().join("next"), b"after the holes").unwrap();
+    let expected = std::fs::read(&path).unwrap();
+    let tarball = dir.path().join("gnu.tar");
+    let status = Command::new("tar")
+        .args(["--sparse", "--format=gnu", "-cf"])
+        .arg(&tarball)
+        .arg("-C")
+        .arg(dir.path())
+        .args(["holes", "next"])
+        .status()
+        .expect("GNU tar runs");
+    assert!(status.success());
+    let (tree, sink) = apply(vec![std::fs::read(&tarball).unwrap()]).unwrap();
+    assert_eq!(content(&tree, &sink, "/holes"), expected);
+    assert_eq!(content(&tree, &sink, "/next"), b"after the holes");
+}
+
+#[test]
+fn malformed_pax_records_are_refused_not_guessed() {
+    for (what, records) in [
+        ("a non-numeric uid", vec![("uid", &b"12x"[..])]),
+        ("two sizes", vec![("size", &b"1"[..]), ("size", &b"2"[..])]),
+    ] {
+        let mut l = Layer::new();
+        l.pax(&records).file("f", b"x");
+        let err = apply(vec![l.bytes()]).err().unwrap().to_string();
+        assert!(err.contains("PAX"), "{what}: {err}");
+    }
+    // A record whose length runs past the header: nothing is guessed from the rest.
+    let mut l = Layer::new();
+    l.raw(b"pax_header", EntryType::XHeader, b"99 path=evil\n", b"")
+        .file("f", b"x");
+    let err = apply(vec![l.bytes()]).err().unwrap().to_string();
+    assert!(
+        err.contains("PAX extended header at byte 0: record at byte 0: length 99"),
+        "{err}"
+    );
+}
+
 #[test]
 fn sparse_files_gnu_and_pax() {
     let dir = tempfile::tempdir().unwrap();

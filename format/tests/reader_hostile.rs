@@ -4,29 +4,17 @@
 //! Also: on the composefs-written image our reader agrees with the independent `erofs-rs`
 //! reader on every inode.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Rng;
 use composefs::erofs::format::FormatVersion;
 use imgmount_format::erofs::format::{FileType, S_IFMT};
 use imgmount_format::erofs::reader::{Image, Inode};
-
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// A dumpfile covering every file type, shared and inline xattrs, inline and external
 /// files, a hard link, nesting and a directory spanning several blocks.

@@ -68,6 +68,9 @@ fn matches_fsverity_digest() {
         4097,
         128 * 4096,
         128 * 4096 + 1,
+        // Odd block counts: the interleaved SHA-256 hashes blocks in pairs, the last alone.
+        3 * 4096 + 100,
+        129 * 4096 + 7,
         64 * 1024 * 1024 + 12345,
     ];
     for (i, &size) in sizes.iter().enumerate() {
@@ -103,6 +106,11 @@ fn matches_fsverity_digest() {
             if let Some(last) = data.chunks(4096).last() {
                 let index = loaded.num_data_blocks() - 1;
                 loaded.verify_data_block(index, last).unwrap();
+            }
+            // And every block, in runs of an odd length, as the read path hands them over.
+            let fresh = MerkleTree::from_bytes(expected, size as u64, tree.into_bytes()).unwrap();
+            for (run, blocks) in data.chunks(37 * 4096).enumerate() {
+                fresh.verify_data_blocks(run as u64 * 37, blocks).unwrap();
             }
         }
     }

@@ -1,9 +1,13 @@
 //! The store commands from the command line: import, images, tag, rm, gc,
 //! fsck, extract; their output for scripts and their exit codes. Needs no root.
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
+
+use common::rootfs_tar;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imgmount");
 
@@ -17,28 +21,7 @@ fn run(store: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(store: &Path, args: &[&str]) -> String {
-    let out = run(store, args);
-    assert!(
-        out.status.success(),
-        "imgmount {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn rootfs_tar(path: &Path, files: &[(&str, Vec<u8>)]) {
-    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    b.finish().unwrap();
+    common::success_stdout(args, run(store, args))
 }
 
 fn images(store: &Path) -> Vec<serde_json::Value> {
@@ -138,10 +121,18 @@ fn import_tag_rm_gc_fsck_extract() {
 fn bad_usage_exits_2_and_missing_images_exit_1() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    assert_eq!(
-        run(&store, &["import", "docker://x"]).status.code(),
-        Some(2)
-    );
+    // An unknown transport, and a registry reference that is malformed.
+    for bad in [
+        "docker-daemon:x",
+        "docker://h.io/Upper",
+        "docker://h.io/x:-bad",
+    ] {
+        assert_eq!(
+            run(&store, &["import", bad]).status.code(),
+            Some(2),
+            "{bad}"
+        );
+    }
     let a = tmp.path().join("a.tar");
     rootfs_tar(&a, &[("f", b"x".to_vec())]);
     let out = run(

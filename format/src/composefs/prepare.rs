@@ -15,14 +15,20 @@
 //! - the root gets the real `trusted.overlay.opaque = "y"` and the 256 char-0/0 stubs
 //!   `00`…`ff` (except names a real child already has), which copy the root's owner,
 //!   mtime and `security.selinux`;
-//! - inodes are numbered breadth first with children in name order; a hard-linked leaf
-//!   is numbered where it first appears in depth-first name order, which is where C
-//!   `mkcomposefs` meets it when it reads a dumpfile.
+//! - inodes are numbered breadth first with children in name order, as C's
+//!   `lcfs_compute_tree` does; a hard-linked leaf is numbered at its own name (the
+//!   dumpfile line without `@`, see [`Tree::primary_paths`]) and its other names are
+//!   skipped, as C skips `@` entries. For a tree with no recorded own name that is its
+//!   first name in depth-first name order, the line C `composefs-info dump` prints
+//!   without `@`;
+//! - a leaf's link count is the one its source recorded ([`Stat::nlink`]: C stores a
+//!   dumpfile's NLINK as given), else its number of names; a directory's is always
+//!   2 + subdirectories.
 //!
 //! The EROFS layout of the result is [`crate::erofs::writer`]'s business.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque, btree_map};
+use std::collections::{HashMap, VecDeque};
 
 use crate::composefs::{
     OVERLAY_ESCAPED_PREFIX, OVERLAY_PREFIX, XATTR_ESCAPED_OPAQUE, XATTR_ESCAPED_WHITEOUT,
@@ -184,13 +190,15 @@ pub fn resolve_version(tree: &Tree, min_version: u32, max_version: u32) -> Resul
 pub fn prepare<'t>(tree: &'t Tree, opts: &PrepareOptions) -> Result<PreparedImage<'t>, WriteError> {
     let version = resolve_version(tree, opts.min_version, opts.max_version)?;
     let link_counts = tree.link_counts();
-    let canonical = canonical_occurrences(tree, &link_counts);
+    let stored_link_counts = tree.stored_link_counts();
+    let primary = tree.primary_paths();
     let mut b = Builder {
         tree,
         opts,
         version,
         link_counts,
-        canonical,
+        stored_link_counts,
+        primary,
         leaf_inode: vec![None; tree.leaves.len()],
         inodes: Vec::new(),
     };
@@ -212,38 +220,12 @@ pub fn prepare<'t>(tree: &'t Tree, opts: &PrepareOptions) -> Result<PreparedImag
     })
 }
 
-/// Identity of a directory entry: the address of its name inside the tree. Two
-/// entries never share it while the tree is borrowed, and it is never dereferenced.
-type EntryKey = *const Vec<u8>;
-
-/// For every leaf named more than once, the entry that names it first in
-/// depth-first, name-ordered traversal (the order of a dumpfile).
-fn canonical_occurrences(tree: &Tree, link_counts: &[u32]) -> HashMap<LeafId, EntryKey> {
-    let mut out = HashMap::new();
-    // An explicit stack: a hostile tree may be deeper than the thread's stack.
-    let mut stack: Vec<btree_map::Iter<'_, Vec<u8>, Node>> = vec![tree.root.entries.iter()];
-    while let Some(iter) = stack.last_mut() {
-        match iter.next() {
-            None => {
-                stack.pop();
-            }
-            Some((_, Node::Directory(d))) => stack.push(d.entries.iter()),
-            Some((name, Node::Leaf(id))) => {
-                if link_counts.get(id.0).is_some_and(|n| *n > 1) {
-                    out.entry(*id).or_insert(name as EntryKey);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// A child of a directory while its entries are being numbered.
 enum Child<'t> {
     Dot,
     DotDot,
     Dir(&'t Directory),
-    Leaf(LeafId, EntryKey),
+    Leaf(LeafId),
     Stub,
 }
 
@@ -251,9 +233,13 @@ struct Builder<'t, 'o> {
     tree: &'t Tree,
     opts: &'o PrepareOptions,
     version: u32,
+    /// Each leaf's number of names.
     link_counts: Vec<u32>,
-    canonical: HashMap<LeafId, EntryKey>,
-    /// The inode number of each leaf once its canonical entry has been met.
+    /// Each leaf's link count as the image stores it.
+    stored_link_counts: Vec<u32>,
+    /// The path of the name each hard-linked leaf's inode belongs with.
+    primary: HashMap<LeafId, Vec<u8>>,
+    /// The inode number of each leaf once its own name has been met.
     leaf_inode: Vec<Option<usize>>,
     inodes: Vec<PreparedInode<'t>>,
 }
@@ -273,7 +259,7 @@ impl<'t> Builder<'t, '_> {
 
         let mut queue: VecDeque<(&'t Directory, usize, usize, Vec<u8>)> = VecDeque::new();
         queue.push_back((root, root_inode, root_inode, Vec::new()));
-        // Entries naming a hard-linked leaf whose canonical entry is met later:
+        // Entries naming a hard-linked leaf whose own name is met later:
         // (directory inode, entry position, leaf).
         let mut deferred: Vec<(usize, usize, LeafId)> = Vec::new();
 
@@ -285,7 +271,7 @@ impl<'t> Builder<'t, '_> {
             for (name, node) in &dir.entries {
                 let child = match node {
                     Node::Directory(d) => Child::Dir(d),
-                    Node::Leaf(id) => Child::Leaf(*id, name as EntryKey),
+                    Node::Leaf(id) => Child::Leaf(*id),
                 };
                 children.push((name.as_slice(), child));
             }
@@ -316,10 +302,14 @@ impl<'t> Builder<'t, '_> {
                         (idx, FileType::Directory)
                     }
                     Child::Stub => (self.push_stub()?, FileType::CharDevice),
-                    Child::Leaf(id, key) => {
+                    Child::Leaf(id) => {
                         let count = self.link_counts.get(id.0).copied().unwrap_or(0);
-                        let canonical = count <= 1 || self.canonical.get(&id) == Some(&key);
-                        if canonical {
+                        let own_name = count <= 1
+                            || self
+                                .primary
+                                .get(&id)
+                                .is_some_and(|p| is_child_path(p, &path, name));
+                        if own_name {
                             check_name(name, &path)?;
                             let at = Loc {
                                 parent: &path,
@@ -429,7 +419,7 @@ impl<'t> Builder<'t, '_> {
     fn push_leaf(&mut self, id: LeafId, at: Loc<'_>) -> Result<(usize, bool), WriteError> {
         let tree: &'t Tree = self.tree;
         let leaf: &'t Leaf = tree.leaves.get(id.0).ok_or(WriteError::BadLeafId(id.0))?;
-        let nlink = self.link_counts.get(id.0).copied().unwrap_or(1);
+        let nlink = self.stored_link_counts.get(id.0).copied().unwrap_or(1);
         let perms = permissions(&leaf.stat, at)?;
         let mut xattrs = escaped_xattrs(&leaf.stat, at)?;
         let mut mode = leaf.content.file_type_bits() | perms;
@@ -618,6 +608,14 @@ fn check_name(name: &[u8], parent: &[u8]) -> Result<(), WriteError> {
     Ok(())
 }
 
+/// Whether `path` is `parent/name`.
+fn is_child_path(path: &[u8], parent: &[u8], name: &[u8]) -> bool {
+    path.len() == parent.len() + 1 + name.len()
+        && path.starts_with(parent)
+        && path.get(parent.len()) == Some(&b'/')
+        && path.ends_with(name)
+}
+
 /// `parent/name`, after checking the name.
 fn join_path(parent: &[u8], name: &[u8]) -> Result<Vec<u8>, WriteError> {
     check_name(name, parent)?;
@@ -697,7 +695,7 @@ mod tests {
     }
 
     #[test]
-    fn hard_links_share_the_inode_met_first_depth_first() {
+    fn hard_links_share_the_inode_of_their_own_name() {
         let mut t = Tree::new(Stat::default());
         t.insert(b"/a", Node::Directory(Box::default())).unwrap();
         t.insert(b"/a/deep", Node::Directory(Box::default()))
@@ -724,6 +722,28 @@ mod tests {
         assert_eq!(b.file_type, FileType::RegularFile);
         // root, 256 stubs, a, deep, and the one linked leaf
         assert_eq!(img.inodes.len(), 1 + 256 + 3);
+
+        // Recorded as the inode's own name (a dumpfile line without `@`), `/b` places it
+        // among the root's children; a recorded link count is stored as it is.
+        t.primary_names.insert(id, b"/b".to_vec());
+        t.leaf_mut(id).stat.nlink = Some(9);
+        let img = prepare(&t, &PrepareOptions::default()).unwrap();
+        let PreparedContent::Directory(root) = &img.inodes[0].content else {
+            panic!()
+        };
+        let b = root.iter().find(|e| e.name == b"b").unwrap();
+        let a = root.iter().find(|e| e.name == b"a").unwrap().inode;
+        let PreparedContent::Directory(in_a) = &img.inodes[a].content else {
+            panic!()
+        };
+        let deep = in_a.iter().find(|e| e.name == b"deep").unwrap().inode;
+        let y = in_a.iter().find(|e| e.name == b"y").unwrap().inode;
+        assert!(
+            b.inode < deep,
+            "inode {} should come before /a/deep's {deep}",
+            b.inode
+        );
+        assert_eq!((y, img.inodes[b.inode].nlink), (b.inode, 9));
     }
 
     #[test]

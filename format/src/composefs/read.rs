@@ -8,12 +8,15 @@
 //!   A flat file with data is inline content.
 //! - A regular file carrying `trusted.overlay.overlay.whiteout` is a user whiteout: it
 //!   becomes a character device 0/0 again. The writer's markers are dropped:
-//!   `trusted.overlay.overlay.whiteouts` and `user.overlay.whiteout(s)` everywhere (as C
-//!   does), and the `opaque = "x"` pair a format-1 writer puts next to them on the parent
-//!   (C shows those; dropping them makes reading the image give back the written tree).
+//!   `trusted.overlay.overlay.whiteouts` and `user.overlay.whiteout(s)` everywhere, as C
+//!   does. The `trusted.overlay.opaque=x user.overlay.opaque=x` pair a format-1 writer
+//!   puts next to them on the parent stays, as C's dump and the mount show it (the
+//!   dumpfile printer adds it to such a directory too, so trees compare equal).
 //! - `trusted.overlay.overlay.X` is shown as `trusted.overlay.X`.
 //! - A nid reached by several names is one leaf (hard links); a directory reached twice is
 //!   an error, so a hostile image cannot loop.
+//! - Link counts are the stored `i_nlink`, kept in [`Stat::nlink`] where they differ from
+//!   the true count (C `mkcomposefs --from-file` stores a dumpfile's NLINK as given).
 //!
 //! Unlike C, a character device 0/0 below the root is kept (as a whiteout): only the
 //! root's stubs are the writer's.
@@ -24,9 +27,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{
-    OVERLAY_ESCAPED_PREFIX, OVERLAY_PREFIX, XATTR_ESCAPED_OPAQUE, XATTR_ESCAPED_WHITEOUT,
-    XATTR_ESCAPED_WHITEOUTS, XATTR_METACOPY, XATTR_REDIRECT, XATTR_USER_OPAQUE,
-    XATTR_USER_WHITEOUT, XATTR_USER_WHITEOUTS,
+    OVERLAY_ESCAPED_PREFIX, OVERLAY_PREFIX, XATTR_ESCAPED_WHITEOUT, XATTR_ESCAPED_WHITEOUTS,
+    XATTR_METACOPY, XATTR_REDIRECT, XATTR_USER_WHITEOUT, XATTR_USER_WHITEOUTS,
 };
 use crate::dumpfile::INLINE_CONTENT_MAX;
 use crate::erofs::format::{DataLayout, FileType, S_IFMT};
@@ -106,6 +108,7 @@ pub fn tree_from_image(image: &Image) -> Result<Tree, ReadTreeError> {
         tree.insert(&path, node)
             .map_err(|_| invalid(&path, "name cannot be placed in the tree"))?;
     }
+    tree.normalize_link_info();
     Ok(tree)
 }
 
@@ -168,9 +171,6 @@ fn stat_of(
 ) -> Result<(Stat, Overlay), ReadTreeError> {
     let is_regular = inode.file_type() == FileType::RegularFile;
     let all = image.xattrs(inode).map_err(at(path))?;
-    let has_whiteouts_marker = all.iter().any(|x| {
-        x.name.as_ref() == XATTR_ESCAPED_WHITEOUTS || x.name.as_ref() == XATTR_USER_WHITEOUTS
-    });
     let mut overlay = Overlay::default();
     let mut xattrs = BTreeMap::new();
     for x in &all {
@@ -185,12 +185,6 @@ fn stat_of(
         if name == XATTR_ESCAPED_WHITEOUTS
             || name == XATTR_USER_WHITEOUT
             || name == XATTR_USER_WHITEOUTS
-        {
-            continue;
-        }
-        if has_whiteouts_marker
-            && (name == XATTR_ESCAPED_OPAQUE || name == XATTR_USER_OPAQUE)
-            && x.value == b"x"
         {
             continue;
         }
@@ -210,6 +204,8 @@ fn stat_of(
         gid: inode.gid(),
         mtime: inode.mtime(),
         xattrs,
+        // What the image stores; normalized away at the end where it is the true count.
+        nlink: Some(inode.nlink()),
     };
     Ok((stat, overlay))
 }
@@ -224,7 +220,7 @@ fn leaf_of(image: &Image, inode: &Inode<'_>, path: &[u8]) -> Result<Leaf, ReadTr
             if target.is_empty() {
                 return Err(invalid(path, "symlink with an empty target"));
             }
-            LeafContent::Symlink(target.to_vec())
+            LeafContent::Symlink(target.into_owned())
         }
         FileType::CharDevice => LeafContent::CharDevice(inode.rdev()),
         FileType::BlockDevice => LeafContent::BlockDevice(inode.rdev()),
@@ -249,7 +245,7 @@ fn regular(image: &Image, inode: &Inode<'_>, path: &[u8]) -> Result<RegularFile,
                 return Err(invalid(path, "inline content larger than 5000 bytes"));
             }
             let data = image.read_link(inode).map_err(at(path))?;
-            Ok(RegularFile::Inline(data.to_vec()))
+            Ok(RegularFile::Inline(data.into_owned()))
         }
         DataLayout::ChunkBased => {
             let payload = image

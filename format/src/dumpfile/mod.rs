@@ -8,7 +8,7 @@
 //! ```
 //!
 //! `MODE` is octal with an `@` prefix on a hard link (whose `PAYLOAD` is the path of the
-//! inode's first name), `MTIME` is `sec.nsec`, and `-` marks an absent `PAYLOAD`,
+//! line that describes the inode, its own name; C numbers the inode there), `MTIME` is `sec.nsec`, and `-` marks an absent `PAYLOAD`,
 //! `CONTENT` or `DIGEST`. Bytes outside `0x21..=0x7e` are written `\xHH`, with `\\`, `\n`,
 //! `\r` and `\t` as named escapes; `=` is escaped inside xattrs only (it separates key from
 //! value there) and a payload or content that is exactly `-` is written `\x2d` so it

@@ -6,7 +6,7 @@
 //! cannot reuse it. Fields the tree cannot hold and the image would not keep (a directory's
 //! size, a fifo's rdev, a payload on a device) are read, checked for syntax, and dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::{
     DumpfileError, INLINE_CONTENT_MAX, PAYLOAD_MAX, Reason, XATTR_EXTERNAL_BUDGET, XATTR_NAME_MAX,
@@ -70,7 +70,37 @@ pub fn parse_dumpfile(input: &[u8]) -> Result<Tree, DumpfileError> {
         reason: Reason::Empty,
     })?;
     resolve_hard_links(&mut tree, &fixups)?;
+    record_primary_names(&mut tree, &fixups);
+    tree.normalize_link_info();
     Ok(tree)
+}
+
+/// Remembers, for each hard-linked leaf, the name its own line (the one without `@`) gave
+/// it: C numbers the inode where it meets that name, whatever the other names are.
+fn record_primary_names(tree: &mut Tree, fixups: &[Fixup]) {
+    if fixups.is_empty() {
+        return;
+    }
+    // The paths as the tree spells them (a line may end a path with a slash).
+    let links: HashSet<Vec<u8>> = fixups
+        .iter()
+        .filter_map(|f| path_components(&f.path).ok())
+        .map(|comps| {
+            comps
+                .iter()
+                .flat_map(|c| [b"/".as_slice(), c])
+                .flatten()
+                .copied()
+                .collect()
+        })
+        .collect();
+    let mut own = Vec::new();
+    tree.for_each_hard_link(|id, path| {
+        if !links.contains(path) {
+            own.push((id, path.to_vec()));
+        }
+    });
+    tree.primary_names.extend(own);
 }
 
 fn parse_line(
@@ -196,8 +226,8 @@ fn parse_line(
     tree.insert(&path, node).map_err(Reason::Path)
 }
 
-/// The fields every non-hard-link line has in common: UID, GID, MTIME, permission bits
-/// and the xattrs. NLINK is checked for syntax only: the tree derives link counts itself.
+/// The fields every non-hard-link line has in common: NLINK, UID, GID, MTIME, permission
+/// bits and the xattrs.
 fn parse_stat(parts: &[&[u8]], mode: u32) -> Result<Stat, Reason> {
     let field = |i: usize| -> Result<&[u8], Reason> {
         parts
@@ -205,7 +235,7 @@ fn parse_stat(parts: &[&[u8]], mode: u32) -> Result<Stat, Reason> {
             .copied()
             .ok_or(Reason::MissingField(FIELDS.get(i).copied().unwrap_or("?")))
     };
-    let _nlink: u64 = parse_number(field(NLINK)?, "NLINK")?;
+    let nlink: u64 = parse_number(field(NLINK)?, "NLINK")?;
     let uid: u32 = parse_number(field(UID)?, "UID")?;
     let gid: u32 = parse_number(field(GID)?, "GID")?;
     let mtime = parse_mtime(field(MTIME)?)?;
@@ -235,12 +265,16 @@ fn parse_stat(parts: &[&[u8]], mode: u32) -> Result<Stat, Reason> {
     if budget > XATTR_EXTERNAL_BUDGET {
         return Err(Reason::XattrsTooBig(budget));
     }
+    // C stores a non-directory's NLINK as given (in a 32-bit field, so it keeps the low
+    // 32 bits) and recomputes a directory's.
+    let nlink = (mode & S_IFMT != S_IFDIR).then_some((nlink & u64::from(u32::MAX)) as u32);
     Ok(Stat {
         mode: mode & !S_IFMT,
         uid,
         gid,
         mtime,
         xattrs,
+        nlink,
     })
 }
 

@@ -1,17 +1,25 @@
 //! Printing a [`Tree`] the way C `composefs-info dump` prints the image made from it.
 //!
-//! That dump shows what the image stores, which differs from the tree in three ways we
+//! For a tree read from an image that is exactly C's dump of the image. A tree read from
+//! a dumpfile may record that a hard link's own name is not its first one; printing keeps
+//! that (the `@` lines point at the own name), so the printed dumpfile makes the same
+//! image, where C's dump of that image would name the first one.
+//!
+//! The dump shows what the image stores, which differs from the tree in three ways we
 //! reproduce:
 //!
 //! - A directory's SIZE is its EROFS `i_size`: the bytes of its dirent blocks, `.` and `..`
 //!   included, and for the root also the `00`..`ff` whiteout stubs (see [`erofs_dir_size`]).
-//!   NLINK is `2 + subdirectories`; a leaf's NLINK is its number of names.
+//!   NLINK is what the tree's source recorded ([`Stat::nlink`]), else the true count:
+//!   `2 + subdirectories` for a directory, the number of names for a leaf.
 //! - Xattrs come in the image's order: those stored in the inode first, then those in the
 //!   shared table, each group sorted by stored name. An xattr is shared when the same
 //!   name and value are stored by more than one inode (counting the overlay xattrs the
 //!   writer adds), at most 128 per inode (EROFS_XATTR_LONG_PREFIX).
-//! - A hard link's later names print the whole inode again with `@` before the mode and
-//!   the first name's path as payload.
+//! - A hard link's other names print the whole inode again with `@` before the mode and
+//!   the path of its own name (see [`Tree::primary_paths`]) as payload; that name comes
+//!   first depth first unless the tree records another (then a link may name a path
+//!   printed later, which readers accept).
 //!
 //! A regular file with an object (External) and size 0 prints as an empty file, since the
 //! writer only gives non-empty files a redirect and metacopy.
@@ -34,7 +42,7 @@ const MAX_SHARED_PER_INODE: usize = 0x80;
 /// Writes the dumpfile of `tree` to `out`.
 pub fn write_dumpfile(tree: &Tree, out: &mut impl Write) -> io::Result<()> {
     let ctx = Context::new(tree);
-    let mut first_name: HashMap<LeafId, Vec<u8>> = HashMap::new();
+    let primary = tree.primary_paths();
     let mut line = Vec::new();
 
     // Depth first with names in byte order, as C walks the loaded image. An explicit
@@ -51,11 +59,11 @@ pub fn write_dumpfile(tree: &Tree, out: &mut impl Write) -> io::Result<()> {
                 push_children(&mut stack, &path, dir);
             }
             Node::Leaf(id) => {
-                let link_target = first_name.get(id).map(Vec::as_slice);
+                let link_target = primary
+                    .get(id)
+                    .map(Vec::as_slice)
+                    .filter(|own| *own != path.as_slice());
                 ctx.leaf_line(&mut line, &path, *id, link_target);
-                if link_target.is_none() {
-                    first_name.insert(*id, path);
-                }
             }
         }
         out.write_all(&line)?;
@@ -126,7 +134,10 @@ pub fn erofs_dir_size(dir: &Directory, is_root: bool) -> u64 {
 /// and how often each stored xattr occurs.
 struct Context<'a> {
     tree: &'a Tree,
+    /// Each leaf's number of names.
     nlinks: Vec<u32>,
+    /// Each leaf's link count as stored.
+    stored_nlinks: Vec<u32>,
     version1: bool,
     xattr_uses: HashMap<(Vec<u8>, Vec<u8>), usize>,
 }
@@ -156,6 +167,7 @@ impl<'a> Context<'a> {
             .any(|(leaf, n)| *n > 0 && leaf.content.is_whiteout());
         let mut ctx = Context {
             tree,
+            stored_nlinks: tree.stored_link_counts(),
             nlinks,
             version1,
             xattr_uses: HashMap::new(),
@@ -256,7 +268,7 @@ impl<'a> Context<'a> {
             size: erofs_dir_size(dir, is_root),
             hard_link: false,
             mode: dir.st_mode(),
-            nlink: 2 + dir.subdirectory_count() as u64,
+            nlink: dir.shown_link_count(),
             stat: &dir.stat,
             rdev: 0,
             payload: None,
@@ -271,7 +283,7 @@ impl<'a> Context<'a> {
             // A dangling id cannot come from the parser; print nothing rather than panic.
             return;
         };
-        let nlink = self.nlinks.get(id.0).copied().unwrap_or(1);
+        let nlink = self.stored_nlinks.get(id.0).copied().unwrap_or(1);
         let mut fields = Fields {
             size: 0,
             hard_link: link_target.is_some(),

@@ -19,10 +19,11 @@
 //!   of the entries in the tar: the opaque pruning runs when the layer ends,
 //!   keeping everything this layer created.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{self, Read};
 
 use super::OciError;
+use super::pax::{EntryExtensions, PaxError, PaxFramer};
 use super::sparse::{SparseReader, pax_sparse};
 use crate::tree::{Directory, Leaf, LeafContent, LeafId, Mtime, Node, RegularFile, Stat, Tree};
 use crate::verity::Digest;
@@ -125,11 +126,16 @@ enum Found {
     Missing,
 }
 
-/// Builds a tree from layers applied in order.
+/// Builds a tree from layers applied in order. Cloning it is how an import
+/// undoes a layer it tried to apply from a record that proved bad.
+#[derive(Clone)]
 pub struct TreeBuilder {
     tree: Tree,
     limits: Limits,
     entries: u64,
+    /// Regular-file content bytes over all layers, counted at their real (expanded) size
+    /// before any is written: a sparse entry's holes cost nothing in the compressed stream.
+    content_bytes: u64,
 }
 
 /// What applying a layer did, for progress reports.
@@ -140,27 +146,64 @@ pub struct LayerStats {
     pub content_bytes: u64,
 }
 
+/// The paths a layer created or replaced, with all their ancestors: a trie of
+/// names, so each path costs one node per component not stored before (memory
+/// linear in the names of the layer, however deep; a set of whole paths would
+/// store every prefix again and grow with the square of the depth).
+struct Touched {
+    /// Node 0 is the root; each node maps a child name to its node.
+    nodes: Vec<HashMap<Vec<u8>, usize>>,
+}
+
+impl Touched {
+    fn new() -> Self {
+        Touched {
+            nodes: vec![HashMap::new()],
+        }
+    }
+
+    fn insert(&mut self, path: &[Vec<u8>]) {
+        let mut node = 0;
+        for c in path {
+            let next = self.nodes.len();
+            let Some(children) = self.nodes.get_mut(node) else {
+                return;
+            };
+            node = match children.get(c.as_slice()) {
+                Some(&n) => n,
+                None => {
+                    children.insert(c.clone(), next);
+                    self.nodes.push(HashMap::new());
+                    next
+                }
+            };
+        }
+    }
+
+    fn contains(&self, path: &[Vec<u8>]) -> bool {
+        let mut node = 0;
+        for c in path {
+            match self.nodes.get(node).and_then(|m| m.get(c.as_slice())) {
+                Some(&n) => node = n,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
 /// State of the layer being applied.
 struct LayerState<'s> {
     layer: &'s str,
     /// Paths this layer created or replaced, with all their ancestors.
-    touched: HashSet<TreePath>,
+    touched: Touched,
     /// Directories this layer marked opaque.
     opaque: Vec<TreePath>,
 }
 
 impl LayerState<'_> {
     fn touch(&mut self, path: &[Vec<u8>]) {
-        // The set is closed under prefixes, so the first ancestor already in it
-        // means all further ones are too: touching stays linear in the depth.
-        for n in (0..=path.len()).rev() {
-            match path.get(..n) {
-                Some(prefix) if !self.touched.contains(prefix) => {
-                    self.touched.insert(prefix.to_vec());
-                }
-                _ => break,
-            }
-        }
+        self.touched.insert(path);
     }
 
     fn err(&self, entry: &[u8], reason: impl Into<String>) -> OciError {
@@ -172,21 +215,14 @@ impl LayerState<'_> {
     }
 }
 
-/// Metadata of an entry and the PAX records that matter beyond what the tar
-/// crate already applies (path, linkpath, size, uid, gid).
+/// Metadata of an entry from its header and its PAX records (read by length, see
+/// [`super::pax`]); path and link target are taken from the records by the caller.
 struct EntryMeta {
     stat: Stat,
     pax: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryMeta> {
-    let mut pax = Vec::new();
-    if let Some(exts) = entry.pax_extensions()? {
-        for ext in exts {
-            let ext = ext?;
-            pax.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
-        }
-    }
+fn entry_meta<R: Read>(entry: &tar::Entry<'_, R>, ext: EntryExtensions) -> io::Result<EntryMeta> {
     let h = entry.header();
     let to_u32 = |v: u64, what: &str| {
         u32::try_from(v).map_err(|_| io::Error::other(format!("{what} {v} does not fit 32 bits")))
@@ -201,7 +237,18 @@ fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<EntryMeta> {
             nsec: 0,
         },
         xattrs: Default::default(),
+        nlink: None,
     };
+    // The tar crate applies these too, but falls back to the header's field when a
+    // record is not a number; a record we cannot read is an error instead.
+    let pax_err = |e: PaxError| io::Error::other(format!("PAX {e}"));
+    if let Some(uid) = ext.number(b"uid").map_err(pax_err)? {
+        stat.uid = to_u32(uid, "uid")?;
+    }
+    if let Some(gid) = ext.number(b"gid").map_err(pax_err)? {
+        stat.gid = to_u32(gid, "gid")?;
+    }
+    let pax = ext.records;
     for (key, value) in &pax {
         if key == b"mtime" {
             stat.mtime = parse_pax_time(value)
@@ -261,6 +308,7 @@ impl TreeBuilder {
             }),
             limits,
             entries: 0,
+            content_bytes: 0,
         }
     }
 
@@ -280,11 +328,13 @@ impl TreeBuilder {
     ) -> Result<LayerStats, OciError> {
         let mut state = LayerState {
             layer,
-            touched: HashSet::new(),
+            touched: Touched::new(),
             opaque: Vec::new(),
         };
         let mut stats = LayerStats::default();
-        let mut archive = tar::Archive::new(tar_stream);
+        let framer = PaxFramer::new(tar_stream);
+        let extensions = framer.extensions();
+        let mut archive = tar::Archive::new(framer);
         let read_err = |e: io::Error| OciError::Blob {
             blob: layer.to_owned(),
             reason: format!("cannot read the layer tar: {e}"),
@@ -299,11 +349,20 @@ impl TreeBuilder {
             }
             stats.entries += 1;
             let kind = entry.header().entry_type();
+            let ext = extensions.take(entry.raw_header_position());
             if kind.is_pax_global_extensions() {
                 continue;
             }
-            let mut raw_path = entry.path_bytes().into_owned();
-            let meta = entry_meta(&mut entry).map_err(|e| state.err(&raw_path, e.to_string()))?;
+            // The PAX records read by length, never the tar crate's view of them.
+            let mut raw_path = match ext.path() {
+                Some(p) => p.to_vec(),
+                None => entry.path_bytes().into_owned(),
+            };
+            let link_path = match ext.link_path() {
+                Some(p) => Some(p.to_vec()),
+                None => entry.link_name_bytes().map(|t| t.into_owned()),
+            };
+            let meta = entry_meta(&entry, ext).map_err(|e| state.err(&raw_path, e.to_string()))?;
             // PAX sparse files carry their real name in a record of their own.
             let sparse = pax_sparse(&meta.pax).map_err(|e| state.err(&raw_path, e))?;
             if let Some(s) = &sparse {
@@ -336,10 +395,7 @@ impl TreeBuilder {
                 }
                 Node::Directory(Box::new(Directory::new(meta.stat)))
             } else if kind.is_hard_link() {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = link_path.unwrap_or_default();
                 let id = self
                     .link_target(&mut state, &target)
                     .map_err(|e| state.err(&raw_path, e))?;
@@ -349,6 +405,16 @@ impl TreeBuilder {
                     if kind.is_file() || kind == tar::EntryType::Continuous || kind.is_gnu_sparse()
                     {
                         stats.files += 1;
+                        // The real size, holes included, against the limit before a
+                        // byte is stored (the stream's bytes are counted as they pass).
+                        let real = sparse.as_ref().map_or(entry.size(), |s| s.real_size);
+                        self.content_bytes = self.content_bytes.saturating_add(real);
+                        if self.content_bytes > self.limits.max_bytes {
+                            return Err(OciError::TooLarge {
+                                layer: layer.to_owned(),
+                                limit: self.limits.max_bytes,
+                            });
+                        }
                         let file = match &sparse {
                             Some(s) => {
                                 let mut reader = SparseReader::new(&mut entry, s)
@@ -365,10 +431,7 @@ impl TreeBuilder {
                         progress(file.size());
                         LeafContent::Regular(file)
                     } else if kind.is_symlink() {
-                        let target = entry
-                            .link_name_bytes()
-                            .map(|t| t.into_owned())
-                            .unwrap_or_default();
+                        let target = link_path.unwrap_or_default();
                         if target.is_empty() {
                             return Err(state.err(&raw_path, "symlink with an empty target"));
                         }
@@ -546,23 +609,27 @@ impl TreeBuilder {
         hops: &mut u32,
     ) -> Result<TreePath, String> {
         let mut cur = start;
-        // Fast path: the leading components that are plain directories are
-        // followed in one walk (the slow path below looks each name up from the
-        // root, which is quadratic in the depth).
         let mut rest = comps;
-        if let Some(mut dir) = dir_at(&self.tree.root, &cur) {
-            while let Some((c, tail)) = rest.split_first() {
-                match dir.entries.get(c) {
-                    Some(Node::Directory(d)) if cur.len() < MAX_DEPTH => {
-                        dir = d;
-                        cur.push(c.clone());
-                        rest = tail;
+        // Each round walks the components that are plain directories in one descent, then
+        // handles the one after them (`.`, `..`, a symlink, a missing name). Looking each
+        // name up from the root instead would be quadratic in the depth.
+        loop {
+            if let Some(mut dir) = dir_at(&self.tree.root, &cur) {
+                while let Some((c, tail)) = rest.split_first() {
+                    match dir.entries.get(c) {
+                        Some(Node::Directory(d)) if cur.len() < MAX_DEPTH => {
+                            dir = d;
+                            cur.push(c.clone());
+                            rest = tail;
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
             }
-        }
-        for c in rest {
+            let Some((c, tail)) = rest.split_first() else {
+                return Ok(cur);
+            };
+            rest = tail;
             match c.as_slice() {
                 b"" | b"." => continue,
                 b".." => {
@@ -599,15 +666,36 @@ impl TreeBuilder {
                     return Err(format!("its parent {} is not a directory", show(&p)));
                 }
                 Found::Missing if create => {
-                    let dir = dir_at_mut(&mut self.tree.root, &cur)
+                    // `c` and the plain names after it are all missing (each new directory
+                    // is empty): create the chain in one descent, touch it once.
+                    let mut dir = dir_at_mut(&mut self.tree.root, &cur)
                         .ok_or_else(|| format!("{} vanished", show(&cur)))?;
-                    let stat = Stat {
-                        mode: 0o755,
-                        ..Stat::default()
-                    };
-                    dir.entries
-                        .insert(c.clone(), Node::Directory(Box::new(Directory::new(stat))));
-                    cur.push(c.clone());
+                    let mut name = c;
+                    loop {
+                        let stat = Stat {
+                            mode: 0o755,
+                            ..Stat::default()
+                        };
+                        let node = dir
+                            .entries
+                            .entry(name.clone())
+                            .or_insert_with(|| Node::Directory(Box::new(Directory::new(stat))));
+                        let Node::Directory(sub) = node else {
+                            return Err(format!("{} vanished", show(&cur)));
+                        };
+                        dir = sub;
+                        cur.push(name.clone());
+                        match rest.split_first() {
+                            Some((next, tail))
+                                if !matches!(next.as_slice(), b"" | b"." | b"..")
+                                    && cur.len() < MAX_DEPTH =>
+                            {
+                                name = next;
+                                rest = tail;
+                            }
+                            _ => break,
+                        }
+                    }
                     state.touch(&cur);
                 }
                 Found::Missing => {
@@ -617,7 +705,6 @@ impl TreeBuilder {
                 }
             }
         }
-        Ok(cur)
     }
 }
 
@@ -651,12 +738,24 @@ pub fn compact(tree: Tree) -> Tree {
             }
         }
     }
-    let Tree { mut root, leaves } = tree;
+    let Tree {
+        mut root,
+        leaves,
+        primary_names,
+    } = tree;
     let mut map = vec![None; leaves.len()];
     let mut old: Vec<Option<Leaf>> = leaves.into_iter().map(Some).collect();
     let mut out = Vec::new();
     walk(&mut root, &mut old, &mut map, &mut out);
-    Tree { root, leaves: out }
+    let primary_names = primary_names
+        .into_iter()
+        .filter_map(|(id, path)| Some((map.get(id.0).copied().flatten()?, path)))
+        .collect();
+    Tree {
+        root,
+        leaves: out,
+        primary_names,
+    }
 }
 
 #[cfg(test)]

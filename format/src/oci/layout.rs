@@ -7,9 +7,13 @@
 //! of the tar's regular members (offset, size) is built in one pass over the
 //! headers, and a blob is read in place. So a hostile archive member name can
 //! never become a file on this machine.
+//!
+//! Every file is opened through [`crate::store::fsops`]: a blob or `index.json`
+//! that is a FIFO or a device is refused at once (never a hang, never an endless
+//! read), and inside a layout directory no symlink is followed, so a layout
+//! cannot make an import read files from elsewhere on the machine.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -17,8 +21,10 @@ use serde::Deserialize;
 
 use super::OciError;
 use super::blob::{BlobDigest, MAX_JSON_SIZE, verify_blob};
+use super::platform::Platform;
+use crate::store::fsops::{self, Dir, Expect};
 
-const INDEX_MEDIA_TYPES: [&str; 2] = [
+pub(crate) const INDEX_MEDIA_TYPES: [&str; 2] = [
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
@@ -52,7 +58,7 @@ fn clean_name(name: &str) -> Option<String> {
 impl Blobs {
     /// Indexes the regular members of a tar file.
     pub fn open_tar(path: &Path) -> Result<Blobs, OciError> {
-        let file = File::open(path).map_err(OciError::io("open", path))?;
+        let file = fsops::open_regular(path, Expect::Any).map_err(OciError::io("open", path))?;
         let mut archive = tar::Archive::new(file);
         let mut members = HashMap::new();
         let entries = archive.entries().map_err(OciError::io("read", path))?;
@@ -84,7 +90,9 @@ impl Blobs {
         match self {
             Blobs::Dir(root) => {
                 let path = root.join(&clean);
-                let file = File::open(&path).map_err(OciError::io("open blob", &path))?;
+                let file = Dir::open(root)
+                    .and_then(|d| d.open_file(&clean, Expect::Any))
+                    .map_err(OciError::io("open blob", &path))?;
                 let size = file
                     .metadata()
                     .map_err(OciError::io("stat blob", &path))?
@@ -96,7 +104,8 @@ impl Blobs {
                     what: format!("{}", path.display()),
                     reason: format!("the archive has no member {clean:?}"),
                 })?;
-                let mut file = File::open(path).map_err(OciError::io("open", path))?;
+                let mut file =
+                    fsops::open_regular(path, Expect::Any).map_err(OciError::io("open", path))?;
                 file.seek(SeekFrom::Start(offset))
                     .map_err(OciError::io("seek in", path))?;
                 Ok((Box::new(file.take(size)), size))
@@ -110,7 +119,9 @@ impl Blobs {
             return false;
         };
         match self {
-            Blobs::Dir(root) => root.join(clean).is_file(),
+            Blobs::Dir(root) => Dir::open(root)
+                .and_then(|d| d.open_file(&clean, Expect::Any))
+                .is_ok(),
             Blobs::Tar { members, .. } => members.contains_key(&clean),
         }
     }
@@ -172,7 +183,7 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    fn blob_digest(&self) -> Result<BlobDigest, OciError> {
+    pub(crate) fn blob_digest(&self) -> Result<BlobDigest, OciError> {
         BlobDigest::parse(&self.digest).ok_or_else(|| OciError::Layout {
             what: self.digest.clone(),
             reason: "not a sha256:HEX or sha512:HEX digest".into(),
@@ -180,29 +191,21 @@ impl Descriptor {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-pub struct Platform {
+#[derive(Debug, Deserialize)]
+pub(crate) struct Index {
     #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
+    pub(crate) manifests: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Index {
+pub(crate) struct Manifest {
+    pub(crate) config: Descriptor,
     #[serde(default)]
-    manifests: Vec<Descriptor>,
+    pub(crate) layers: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Config {
+pub(crate) struct Config {
     rootfs: RootFs,
 }
 
@@ -239,17 +242,8 @@ pub struct LayerSpec {
 #[derive(Debug)]
 pub struct ImageSpec {
     pub layers: Vec<LayerSpec>,
-}
-
-/// The architecture name OCI uses for the machine this runs on.
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
+    /// The digest of its manifest, when it has one (an OCI layout's).
+    pub manifest: Option<BlobDigest>,
 }
 
 /// Finds an image in an OCI layout (directory or archive).
@@ -316,27 +310,24 @@ fn resolve_platform(blobs: &Blobs, desc: &Descriptor, depth: u32) -> Result<Desc
         });
     }
     let index: Index = blobs.read_verified_json(desc)?;
-    let arch = host_arch();
-    let pick = index
-        .manifests
-        .iter()
-        .find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-        })
+    let host = Platform::host();
+    let platforms: Vec<Option<Platform>> =
+        index.manifests.iter().map(|d| d.platform.clone()).collect();
+    let pick = super::platform::choose(&host, &platforms)
+        .ok()
+        .and_then(|i| index.manifests.get(i))
         .or(match index.manifests.as_slice() {
             [one] => Some(one),
             _ => None,
         })
         .ok_or_else(|| OciError::Layout {
             what: desc.digest.clone(),
-            reason: format!("the image index has no linux/{arch} image"),
+            reason: format!("the image index has no {host} image"),
         })?;
     resolve_platform(blobs, pick, depth + 1)
 }
 
-fn parse_diff_ids(config: &Config, what: &str) -> Result<Vec<BlobDigest>, OciError> {
+pub(crate) fn parse_diff_ids(config: &Config, what: &str) -> Result<Vec<BlobDigest>, OciError> {
     config
         .rootfs
         .diff_ids
@@ -378,7 +369,10 @@ fn image_from_manifest(blobs: &Blobs, desc: &Descriptor) -> Result<ImageSpec, Oc
             })
         })
         .collect::<Result<_, OciError>>()?;
-    Ok(ImageSpec { layers })
+    Ok(ImageSpec {
+        layers,
+        manifest: Some(desc.blob_digest()?),
+    })
 }
 
 /// Whether a `RepoTags` entry names `reference`; `debian:12` matches
@@ -471,7 +465,10 @@ pub fn find_docker_image(blobs: &Blobs, reference: Option<&str>) -> Result<Image
             diff_id,
         })
         .collect();
-    Ok(ImageSpec { layers })
+    Ok(ImageSpec {
+        layers,
+        manifest: None,
+    })
 }
 
 impl OciError {

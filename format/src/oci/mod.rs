@@ -1,17 +1,31 @@
 //! OCI images: finding them in layouts and archives, checking their blobs, and
 //! applying their layers to a [`crate::tree::Tree`].
 //!
-//! * [`source`]: the SOURCE strings (`oci:DIR[:TAG]`, `oci-archive:`, …).
+//! * [`source`]: the SOURCE strings (`oci:DIR[:TAG]`, `oci-archive:`, …);
+//!   [`reference`]: `docker://` registry references.
 //! * [`layout`]: index, manifest and config parsing; blobs in a directory or
 //!   read in place from a tar.
 //! * [`blob`]: digest and size checks, decompression by media type and magic.
-//! * [`layer`]: tar entries to tree nodes, whiteouts, hostile-entry rules.
-//! * [`import`]: all of it into an [`crate::store::ObjectStore`], atomically.
+//! * [`layer`]: tar entries to tree nodes, whiteouts, hostile-entry rules; `pax`
+//!   reads PAX extended headers by their records' lengths for it.
+//! * [`import`]: all of it into an [`crate::store::ObjectStore`], atomically;
+//!   [`apply`]: the layer-by-layer part, with layer dedup by `diff_id`
+//!   through [`layer_record`]s.
+//! * `registry` (feature `registry`): `docker://` pulls;
+//!   [`registry_options`] and [`platform`] say how.
 
+pub mod apply;
 pub mod blob;
 pub mod import;
 pub mod layer;
+pub mod layer_record;
 pub mod layout;
+mod pax;
+pub mod platform;
+pub mod reference;
+#[cfg(feature = "registry")]
+pub mod registry;
+pub mod registry_options;
 pub mod source;
 mod sparse;
 
@@ -20,6 +34,9 @@ use std::path::PathBuf;
 
 pub use import::{ImportOptions, ImportProgress, Imported, import};
 pub use layer::{Limits, ObjectSink, TreeBuilder};
+pub use platform::Platform;
+pub use reference::DockerReference;
+pub use registry_options::{Credentials, RegistryOptions};
 pub use source::{Source, SourceError};
 
 use crate::store::StoreError;
@@ -39,6 +56,9 @@ pub enum OciError {
     },
     #[error("{what}: {reason}")]
     Layout { what: String, reason: String },
+    /// A registry refused, failed or lied; `what` names the image or blob.
+    #[error("{what}: {reason}")]
+    Registry { what: String, reason: String },
     #[error("blob {blob}: its content has digest {actual}, its descriptor says {expected}")]
     BlobDigest {
         blob: String,

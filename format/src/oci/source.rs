@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use super::reference::{DockerReference, ReferenceError};
+
 /// A parsed SOURCE string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -25,20 +27,70 @@ pub enum Source {
     Dir { path: PathBuf },
     /// `tar:FILE`: a root filesystem tarball, gzip, zstd or uncompressed.
     Tar { path: PathBuf },
+    /// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: an image in a registry.
+    Docker(DockerReference),
+}
+
+/// Every transport a SOURCE may name, with the syntax that follows `NAME:`. Messages and
+/// [`Source::looks_like_source`] take them from here: a new transport goes here as well as
+/// into the parser (a test holds every entry here to parse).
+pub const TRANSPORTS: &[(&str, &str)] = &[
+    ("oci", "DIR[:TAG]"),
+    ("oci-archive", "FILE[:TAG]"),
+    ("docker-archive", "FILE[:REF]"),
+    ("docker", "//HOST[:PORT]/REPO[:TAG|@DIGEST]"),
+    ("dir", "PATH"),
+    ("tar", "FILE"),
+];
+
+/// The transports for a message: `oci:DIR[:TAG], …, dir:PATH or tar:FILE`.
+pub fn transport_list() -> String {
+    let all: Vec<String> = TRANSPORTS
+        .iter()
+        .map(|(name, syntax)| format!("{name}:{syntax}"))
+        .collect();
+    match all.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// The transport a string names, if it has the shape of one (`NAME:`, NAME a word of
+/// lower-case letters, digits and dashes): what an unknown-transport message names.
+pub fn transport_of(spec: &str) -> Option<&str> {
+    let (name, _) = spec.split_once(':')?;
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    (first.is_ascii_lowercase()
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+    .then_some(name)
+}
+
+fn unknown_transport(spec: &str) -> String {
+    match transport_of(spec) {
+        Some(name) => format!(
+            "unknown transport \"{name}:\" in {spec:?}: a SOURCE is {}",
+            transport_list()
+        ),
+        None => format!(
+            "{spec:?} names no transport: a SOURCE is {}",
+            transport_list()
+        ),
+    }
 }
 
 /// Why a SOURCE string was not understood.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SourceError {
-    #[error(
-        "{0:?} names no known transport: use oci:DIR[:TAG], oci-archive:FILE[:TAG], \
-         docker-archive:FILE[:REF], dir:PATH or tar:FILE"
-    )]
+    #[error("{}", unknown_transport(.0))]
     UnknownTransport(String),
     #[error("{0:?} has an empty path")]
     EmptyPath(String),
     #[error("{0:?} has an empty tag after the last colon")]
     EmptyTag(String),
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
 }
 
 /// Splits `PATH[:TAG]` at its first colon, as skopeo does.
@@ -84,6 +136,10 @@ impl FromStr for Source {
             "tar" => Ok(Source::Tar {
                 path: PathBuf::from(rest),
             }),
+            "docker" => match rest.strip_prefix("//") {
+                Some(r) => Ok(Source::Docker(DockerReference::parse(r)?)),
+                None => Err(SourceError::UnknownTransport(spec.to_owned())),
+            },
             _ => Err(SourceError::UnknownTransport(spec.to_owned())),
         }
     }
@@ -93,18 +149,18 @@ impl Source {
     /// Whether a string looks like a SOURCE (has a known transport prefix), so
     /// that a command taking "a tag, a digest or a SOURCE" can tell them apart.
     pub fn looks_like_source(s: &str) -> bool {
-        matches!(
-            s.split_once(':').map(|(t, _)| t),
-            Some("oci" | "oci-archive" | "docker-archive" | "dir" | "tar")
-        )
+        s.split_once(':')
+            .is_some_and(|(t, _)| TRANSPORTS.iter().any(|(name, _)| *name == t))
     }
 
-    /// The tag the source names, if any: a default for `--tag`.
-    pub fn tag(&self) -> Option<&str> {
+    /// The tag the source names, if any: a default for `--tag`. A registry
+    /// image is named `REGISTRY/REPO:TAG`.
+    pub fn tag(&self) -> Option<String> {
         match self {
-            Source::OciDir { tag, .. } | Source::OciArchive { tag, .. } => tag.as_deref(),
-            Source::DockerArchive { reference, .. } => reference.as_deref(),
+            Source::OciDir { tag, .. } | Source::OciArchive { tag, .. } => tag.clone(),
+            Source::DockerArchive { reference, .. } => reference.clone(),
             Source::Dir { .. } | Source::Tar { .. } => None,
+            Source::Docker(r) => r.store_tag(),
         }
     }
 }
@@ -119,6 +175,7 @@ impl fmt::Display for Source {
             }
             Source::Dir { path } => ("dir", path, None),
             Source::Tar { path } => ("tar", path, None),
+            Source::Docker(r) => return write!(f, "docker://{r}"),
         };
         write!(f, "{transport}:{}", path.display())?;
         if let Some(tag) = tag {
@@ -170,9 +227,69 @@ mod tests {
     }
 
     #[test]
+    fn every_listed_transport_parses_and_unknown_ones_are_named() {
+        for (name, syntax) in TRANSPORTS {
+            // `DIR[:TAG]` -> `x`, `//REF` -> `//x`.
+            let required = syntax.split('[').next().unwrap_or(syntax);
+            let sample: String = required
+                .split(|c: char| c.is_ascii_uppercase())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("");
+            let spec = format!("{name}:{sample}x");
+            assert!(Source::looks_like_source(&spec), "{spec}");
+            assert!(
+                !matches!(
+                    spec.parse::<Source>(),
+                    Err(SourceError::UnknownTransport(_))
+                ),
+                "{spec} does not parse"
+            );
+            assert!(transport_list().contains(&format!("{name}:{syntax}")));
+        }
+        let err = "ocii:./x".parse::<Source>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "unknown transport \"ocii:\" in \"ocii:./x\": a SOURCE is {}",
+                transport_list()
+            )
+        );
+        assert!(err.ends_with(", dir:PATH or tar:FILE"), "{err}");
+        let err = "layout".parse::<Source>().unwrap_err().to_string();
+        assert!(err.starts_with("\"layout\" names no transport"), "{err}");
+        assert_eq!(transport_of("web:stable"), Some("web"));
+        assert_eq!(transport_of("sha256:ab"), Some("sha256"));
+        assert_eq!(transport_of("Web:x"), None);
+    }
+
+    #[test]
+    fn parses_registry_references() {
+        let s: Source = "docker://127.0.0.1:5000/a/b:t".parse().unwrap();
+        let Source::Docker(r) = &s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("127.0.0.1:5000", "a/b")
+        );
+        assert_eq!(s.tag().as_deref(), Some("127.0.0.1:5000/a/b:t"));
+        assert_eq!(s.to_string(), "docker://127.0.0.1:5000/a/b:t");
+        assert!(Source::looks_like_source("docker://h.io/x"));
+        assert!(matches!(
+            "docker://H.io/UPPER".parse::<Source>(),
+            Err(SourceError::Reference(_))
+        ));
+        assert!(matches!(
+            "docker:x".parse::<Source>(),
+            Err(SourceError::UnknownTransport(_))
+        ));
+    }
+
+    #[test]
     fn refuses_malformed() {
         assert!(matches!(
-            "docker://x".parse::<Source>(),
+            "docker-daemon:x".parse::<Source>(),
             Err(SourceError::UnknownTransport(_))
         ));
         assert!(matches!(

@@ -209,6 +209,7 @@ fn stat_of(path: &Path, meta: &fs::Metadata, opts: &FromDirOptions) -> Result<St
         gid: meta.gid(),
         mtime,
         xattrs,
+        nlink: None,
     })
 }
 

@@ -5,7 +5,7 @@
 //! directory entries: entries hold a [`LeafId`] into [`Tree::leaves`], so a link
 //! group survives every transformation without pointer games.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, btree_map};
 
 use crate::erofs::format::{
     S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
@@ -32,6 +32,13 @@ pub struct Stat {
     pub mtime: Mtime,
     /// Full xattr names (`user.foo`) to values, sorted by name bytes.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The link count to store, when the source says one other than the true count:
+    /// a dumpfile's NLINK (which C `mkcomposefs --from-file` stores as given for
+    /// non-directories), an image's `i_nlink`. `None`, the usual case, means the true
+    /// count: a leaf's number of names, a directory's 2 + subdirectories. Writers
+    /// honour it for non-directories only (C recomputes a directory's count), and
+    /// sources record it only when it differs, so equal trees make equal images.
+    pub nlink: Option<u32>,
 }
 
 /// Content of a regular file.
@@ -148,6 +155,14 @@ impl Directory {
             .filter(|n| matches!(n, Node::Directory(_)))
             .count()
     }
+
+    /// The link count an image shows: the recorded one ([`Stat::nlink`], read from an
+    /// image), else 2 + subdirectories.
+    pub fn shown_link_count(&self) -> u64 {
+        self.stat
+            .nlink
+            .map_or(2 + self.subdirectory_count() as u64, u64::from)
+    }
 }
 
 impl Drop for Directory {
@@ -194,6 +209,12 @@ pub enum TreeError {
 pub struct Tree {
     pub root: Directory,
     pub leaves: Vec<Leaf>,
+    /// For a hard-linked leaf whose own name is not its first name in depth-first name
+    /// order: the path of its own name. A dumpfile says which name is the inode's own
+    /// (the line without `@`), and C `mkcomposefs` numbers the inode where it meets that
+    /// name breadth first. Every other hard-linked leaf, and one whose recorded path no
+    /// longer names it, belongs with its first name (see [`Tree::primary_paths`]).
+    pub primary_names: BTreeMap<LeafId, Vec<u8>>,
 }
 
 fn show(path: &[u8]) -> String {
@@ -228,6 +249,7 @@ impl Tree {
         Tree {
             root: Directory::new(root_stat),
             leaves: Vec::new(),
+            primary_names: BTreeMap::new(),
         }
     }
 
@@ -331,6 +353,99 @@ impl Tree {
         }
         counts
     }
+
+    /// Each leaf's link count as stored: [`Stat::nlink`] if the source gave one, else
+    /// its number of names.
+    pub fn stored_link_counts(&self) -> Vec<u32> {
+        let mut counts = self.link_counts();
+        for (count, leaf) in counts.iter_mut().zip(&self.leaves) {
+            if let Some(n) = leaf.stat.nlink {
+                *count = n;
+            }
+        }
+        counts
+    }
+
+    /// Calls `f` with the leaf and path of every name of every leaf with more than one
+    /// name, in depth-first name order (the order of a dumpfile).
+    pub fn for_each_hard_link(&self, mut f: impl FnMut(LeafId, &[u8])) {
+        let counts = self.link_counts();
+        let mut path: Vec<u8> = Vec::new();
+        // An explicit stack of (length of the directory's path, its entries): a hostile
+        // tree may be deeper than the thread's stack.
+        let mut stack: Vec<(usize, btree_map::Iter<'_, Vec<u8>, Node>)> =
+            vec![(0, self.root.entries.iter())];
+        while let Some((len, entries)) = stack.last_mut() {
+            path.truncate(*len);
+            match entries.next() {
+                None => {
+                    stack.pop();
+                }
+                Some((name, Node::Directory(d))) => {
+                    path.push(b'/');
+                    path.extend_from_slice(name);
+                    stack.push((path.len(), d.entries.iter()));
+                }
+                Some((name, Node::Leaf(id))) => {
+                    if counts.get(id.0).is_some_and(|n| *n > 1) {
+                        path.push(b'/');
+                        path.extend_from_slice(name);
+                        f(*id, &path);
+                    }
+                }
+            }
+        }
+    }
+
+    /// For every leaf with more than one name, the path of the name its inode belongs
+    /// with: the one [`Tree::primary_names`] records while it still names the leaf, else
+    /// the first in depth-first name order.
+    pub fn primary_paths(&self) -> HashMap<LeafId, Vec<u8>> {
+        let mut out: HashMap<LeafId, Vec<u8>> = HashMap::new();
+        self.for_each_hard_link(|id, path| {
+            if self.primary_names.get(&id).is_some_and(|p| p == path) {
+                // The recorded name, wherever it comes: it replaces an earlier first name.
+                out.insert(id, path.to_vec());
+            } else {
+                out.entry(id).or_insert_with(|| path.to_vec());
+            }
+        });
+        out
+    }
+
+    /// Drops recorded primary names that no longer name their leaf or say what the
+    /// default (the first name depth first) says, and link counts equal to the true
+    /// count, so that trees describing the same image compare equal however they were
+    /// read.
+    pub fn normalize_link_info(&mut self) {
+        let primary = self.primary_paths();
+        let mut first: HashMap<LeafId, Vec<u8>> = HashMap::new();
+        self.for_each_hard_link(|id, path| {
+            first.entry(id).or_insert_with(|| path.to_vec());
+        });
+        self.primary_names
+            .retain(|id, path| primary.get(id) == Some(path) && first.get(id) != Some(path));
+        let counts = self.link_counts();
+        for (leaf, count) in self.leaves.iter_mut().zip(counts) {
+            if leaf.stat.nlink == Some(count) {
+                leaf.stat.nlink = None;
+            }
+        }
+        let mut stack = vec![&mut self.root];
+        while let Some(dir) = stack.pop() {
+            let count = u32::try_from(dir.subdirectory_count())
+                .ok()
+                .and_then(|n| n.checked_add(2));
+            if dir.stat.nlink.is_some() && dir.stat.nlink == count {
+                dir.stat.nlink = None;
+            }
+            for node in dir.entries.values_mut() {
+                if let Node::Directory(sub) = node {
+                    stack.push(sub);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -365,6 +480,44 @@ mod tests {
             t.insert(b"/b/y", Node::Leaf(id)),
             Err(TreeError::ParentNotDirectory("/b/y".into()))
         );
+    }
+
+    #[test]
+    fn own_names_and_link_counts_normalize_to_the_defaults() {
+        let mut t = Tree::new(Stat::default());
+        t.insert(b"/d", Node::Directory(Box::default())).unwrap();
+        let id = file(&mut t, b"x");
+        t.insert(b"/d/a", Node::Leaf(id)).unwrap();
+        t.insert(b"/b", Node::Leaf(id)).unwrap();
+        let single = file(&mut t, b"y");
+        t.insert(b"/c", Node::Leaf(single)).unwrap();
+        // Depth first, `/b` comes before `/d/a`.
+        assert_eq!(t.primary_paths()[&id], b"/b");
+        t.primary_names.insert(id, b"/d/a".to_vec());
+        assert_eq!(t.primary_paths()[&id], b"/d/a");
+        t.leaf_mut(id).stat.nlink = Some(4);
+        t.leaf_mut(single).stat.nlink = Some(5);
+        t.root.stat.nlink = Some(7);
+        assert_eq!(t.stored_link_counts(), vec![4, 5]);
+        let before = t.clone();
+        t.normalize_link_info();
+        assert_eq!(t, before, "nothing here says what the default says");
+        // Now each says what the default says: `/b` first, 2 names, 1 name, 2 + 1 subdir.
+        t.primary_names.insert(id, b"/b".to_vec());
+        t.leaf_mut(id).stat.nlink = Some(2);
+        t.leaf_mut(single).stat.nlink = Some(1);
+        t.root.stat.nlink = Some(3);
+        t.normalize_link_info();
+        assert!(t.primary_names.is_empty());
+        assert_eq!(t.leaf(id).stat.nlink, None);
+        assert_eq!(t.leaf(single).stat.nlink, None);
+        assert_eq!(t.root.stat.nlink, None);
+        assert_eq!(t.stored_link_counts(), vec![2, 1]);
+        // A recorded name that no longer names the leaf is dropped.
+        t.primary_names.insert(id, b"/gone".to_vec());
+        assert_eq!(t.primary_paths()[&id], b"/b");
+        t.normalize_link_info();
+        assert!(t.primary_names.is_empty());
     }
 
     #[test]

@@ -456,6 +456,72 @@ fn verification_from_several_threads() {
 }
 
 #[test]
+fn runs_of_blocks_verify_and_name_the_bad_block() {
+    let size = 300 * BLOCK_SIZE + 10;
+    let data = random_bytes(21, size);
+    let built = tree_of(HashAlg::Sha256, &data);
+    let tree =
+        MerkleTree::from_bytes(built.digest(), size as u64, built.as_bytes().to_vec()).unwrap();
+    tree.verify_data_blocks(0, &data).unwrap();
+    tree.verify_data_blocks(17, &data[17 * BLOCK_SIZE..40 * BLOCK_SIZE])
+        .unwrap();
+    let mut bad = data.clone();
+    bad[33 * BLOCK_SIZE + 100] ^= 4;
+    bad[35 * BLOCK_SIZE] ^= 4;
+    assert_eq!(
+        tree.verify_data_blocks(16, &bad[16 * BLOCK_SIZE..48 * BLOCK_SIZE]),
+        Err(VerityError::DataBlockMismatch { block: 33 })
+    );
+    // The bad blocks do not spoil their neighbours.
+    tree.verify_data_blocks(16, &bad[16 * BLOCK_SIZE..33 * BLOCK_SIZE])
+        .unwrap();
+    tree.verify_data_blocks(34, &bad[34 * BLOCK_SIZE..35 * BLOCK_SIZE])
+        .unwrap();
+    // Ranges past the end, a short block that is not the last, the last block padded.
+    tree.verify_data_blocks(299, &data[299 * BLOCK_SIZE..])
+        .unwrap();
+    assert_eq!(
+        tree.verify_data_blocks(299, &data[299 * BLOCK_SIZE..].repeat(2)),
+        Err(VerityError::BlockOutOfRange {
+            block: 301,
+            blocks: 301
+        })
+    );
+    assert_eq!(
+        tree.verify_data_blocks(290, &[0; 12 * BLOCK_SIZE]),
+        Err(VerityError::BlockOutOfRange {
+            block: 301,
+            blocks: 301
+        })
+    );
+    assert_eq!(
+        tree.verify_data_blocks(3, &data[3 * BLOCK_SIZE..5 * BLOCK_SIZE - 1]),
+        Err(VerityError::BlockLength {
+            block: 4,
+            expected: BLOCK_SIZE,
+            found: BLOCK_SIZE - 1
+        })
+    );
+    let mut padded = data[298 * BLOCK_SIZE..].to_vec();
+    padded.resize(3 * BLOCK_SIZE, 0);
+    assert!(matches!(
+        tree.verify_data_blocks(298, &padded),
+        Err(VerityError::BlockLength { block: 300, .. })
+    ));
+    assert!(
+        tree.verify_data_blocks(u64::MAX, &data[..BLOCK_SIZE])
+            .is_err()
+    );
+    assert!(tree.verify_data_blocks(5, &[]).is_err());
+    // A one-block file, verified as a run of one.
+    let one = random_bytes(5, 1000);
+    let built = tree_of(HashAlg::Sha256, &one);
+    let tree = MerkleTree::from_bytes(built.digest(), 1000, Vec::new()).unwrap();
+    assert!(tree.verify_data_blocks(0, &one[..999]).is_err());
+    tree.verify_data_blocks(0, &one).unwrap();
+}
+
+#[test]
 fn hasher_is_a_writer() {
     let data = pattern(10_000);
     let mut h = FsVerityHasher::new(HashAlg::Sha256);
@@ -507,6 +573,63 @@ proptest! {
         }
     }
 
+    /// The batched block hash, interleaved where this CPU allows and with the fallback, gives
+    /// the plain per-block hash for any number of blocks (odd counts leave a remainder).
+    #[test]
+    fn batched_hashes_match_single_ones(
+        seed in any::<u64>(),
+        blocks in 0usize..2 * HASH_BATCH + 3,
+    ) {
+        let data = random_bytes(seed, blocks * BLOCK_SIZE);
+        for alg in [HashAlg::Sha256, HashAlg::Sha512] {
+            for ni in [sha256x2::Sha256Ni::detect(), None] {
+                let mut out = vec![[0xa5; MAX_DIGEST_LEN]; blocks];
+                alg.hash_blocks_with(ni, &data, &mut out);
+                let len = alg.digest_len();
+                for (i, block) in data.chunks(BLOCK_SIZE).enumerate() {
+                    let want = alg.hash_block(block);
+                    prop_assert_eq!(&out[i][..len], &want[..len], "{} block {} {:?}", alg, i, ni);
+                }
+            }
+        }
+    }
+
+    /// Any run of blocks of any file verifies against its tree (loaded as untrusted bytes),
+    /// and one flipped bit in the run is reported at exactly its block.
+    #[test]
+    fn runs_of_blocks_agree_with_single_blocks(
+        size in 1usize..140 * BLOCK_SIZE,
+        seed in any::<u64>(),
+        start in any::<prop::sample::Index>(),
+        len in 1usize..40,
+        flip in any::<prop::sample::Index>(),
+        alg_is_sha512 in any::<bool>(),
+    ) {
+        let alg = if alg_is_sha512 { HashAlg::Sha512 } else { HashAlg::Sha256 };
+        let data = random_bytes(seed, size);
+        let built = tree_of(alg, &data);
+        let tree = MerkleTree::from_bytes(built.digest(), size as u64, built.as_bytes().to_vec())
+            .unwrap();
+        let blocks = tree.num_data_blocks() as usize;
+        let first = start.index(blocks);
+        let end = (first + len).min(blocks);
+        let range = first * BLOCK_SIZE..(end * BLOCK_SIZE).min(size);
+        prop_assert_eq!(tree.verify_data_blocks(first as u64, &data[range.clone()]), Ok(()));
+        let mut bad = data[range.clone()].to_vec();
+        let at = flip.index(bad.len());
+        bad[at] ^= 0x80;
+        let block = (first + at / BLOCK_SIZE) as u64;
+        prop_assert_eq!(
+            tree.verify_data_blocks(first as u64, &bad),
+            Err(VerityError::DataBlockMismatch { block })
+        );
+        let one = &bad[at / BLOCK_SIZE * BLOCK_SIZE..((at / BLOCK_SIZE + 1) * BLOCK_SIZE).min(bad.len())];
+        prop_assert_eq!(
+            tree.verify_data_block(block, one),
+            Err(VerityError::DataBlockMismatch { block })
+        );
+    }
+
     #[test]
     fn garbage_trees_never_panic(
         alg_is_sha512 in any::<bool>(),
@@ -522,6 +645,7 @@ proptest! {
         if let Ok(tree) = MerkleTree::from_bytes(expected, data_size, bytes) {
             let _ = tree.verify_data_block(block_index, &[fill; BLOCK_SIZE]);
             let _ = tree.verify_data_block(block_index, &[fill; 7]);
+            let _ = tree.verify_data_blocks(block_index, &[fill; 3 * BLOCK_SIZE + 7]);
             let _ = tree.verify_tree();
         }
     }

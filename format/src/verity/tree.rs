@@ -4,7 +4,10 @@ use std::fmt;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{BLOCK_SIZE, Digest, HashAlg, HashBuf, MAX_DIGEST_LEN, VerityError, descriptor_digest};
+use super::{
+    BLOCK_SIZE, Digest, HASH_BATCH, HashAlg, HashBuf, MAX_DIGEST_LEN, VerityError,
+    descriptor_digest,
+};
 
 /// More levels than any `u64` data size can need: at least 64 hashes fit in a block, so each
 /// level divides the block count by 64 or more, and 2^52 blocks take at most 9 levels.
@@ -107,6 +110,16 @@ impl MerkleTree {
         }
     }
 
+    /// How many bytes the serialized tree of `data_size` bytes of data has: what a sidecar
+    /// must be, known before reading one (0 for files of at most one block).
+    pub fn serialized_len(alg: HashAlg, data_size: u64) -> u64 {
+        geometry(alg, data_size)
+            .iter()
+            .map(|l| l.blocks)
+            .sum::<u64>()
+            * BLOCK_SIZE as u64
+    }
+
     /// Loads a tree from untrusted bytes (a sidecar file), for data of `data_size` bytes that
     /// must have the digest `expected`.
     ///
@@ -120,7 +133,7 @@ impl MerkleTree {
     ) -> Result<Self, VerityError> {
         let alg = expected.alg();
         let levels = geometry(alg, data_size);
-        let want_len = levels.iter().map(|l| l.blocks).sum::<u64>() * BLOCK_SIZE as u64;
+        let want_len = MerkleTree::serialized_len(alg, data_size);
         if bytes.len() as u64 != want_len {
             return Err(VerityError::TreeSize {
                 data_size,
@@ -209,23 +222,92 @@ impl MerkleTree {
                 blocks,
             });
         }
-        let expected_len =
-            (self.data_size - block_index * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64);
-        if data.len() as u64 != expected_len {
+        let expected = self.block_len(block_index);
+        if data.len() != expected {
             return Err(VerityError::BlockLength {
                 block: block_index,
-                expected: expected_len as usize,
+                expected,
                 found: data.len(),
             });
         }
-        let len = self.alg.digest_len();
-        let hash = self.alg.hash_block(data);
+        self.verify_in_range(block_index, data)
+    }
 
+    /// Checks consecutive data blocks starting at `first`: `data` is their content, whole
+    /// blocks except that it may end with the file's last, short block. Blocks are hashed
+    /// several at a time (see [`HashAlg`]'s interleaved SHA-256), so a run of blocks costs
+    /// less than checking them one by one. On success every byte of `data` is the byte the
+    /// digest names; on failure the error names the first block that does not verify (the
+    /// blocks after it were not all checked).
+    pub fn verify_data_blocks(&self, first: u64, data: &[u8]) -> Result<(), VerityError> {
+        let blocks = self.num_data_blocks();
+        // Empty data counts as one (empty, so wrong) block.
+        let count = data.len().div_ceil(BLOCK_SIZE).max(1);
+        let last = first.saturating_add(count as u64 - 1);
+        if last >= blocks {
+            return Err(VerityError::BlockOutOfRange {
+                block: last,
+                blocks,
+            });
+        }
+        // Every block but the last must be whole; the last must be exactly what the file
+        // has left from there.
+        let expected = self.block_len(last);
+        let found = data.len() - (count - 1) * BLOCK_SIZE;
+        if found != expected {
+            return Err(VerityError::BlockLength {
+                block: last,
+                expected,
+                found,
+            });
+        }
+        self.verify_in_range(first, data)
+    }
+
+    /// Length of data block `block_index`, which is in range: [`BLOCK_SIZE`], or what is left
+    /// of the file for the last block.
+    fn block_len(&self, block_index: u64) -> usize {
+        (self.data_size - block_index * BLOCK_SIZE as u64).min(BLOCK_SIZE as u64) as usize
+    }
+
+    /// [`MerkleTree::verify_data_blocks`] once the range and lengths have been checked.
+    fn verify_in_range(&self, first: u64, data: &[u8]) -> Result<(), VerityError> {
         if self.levels.is_empty() {
             // One data block: its hash is the root hash.
-            return self.verify_root(&hash, block_index);
+            return self.verify_root(&self.alg.hash_block(data), first);
         }
+        let (whole, tail) = data.split_at(data.len() / BLOCK_SIZE * BLOCK_SIZE);
+        let mut hashes = [[0; MAX_DIGEST_LEN]; HASH_BATCH];
+        let mut block = first;
+        for batch in whole.chunks(HASH_BATCH * BLOCK_SIZE) {
+            let hashes = &mut hashes[..batch.len() / BLOCK_SIZE];
+            self.alg.hash_blocks(batch, hashes);
+            for hash in hashes.iter() {
+                self.check_leaf(block, hash)?;
+                block += 1;
+            }
+        }
+        if !tail.is_empty() {
+            self.check_leaf(block, &self.alg.hash_block(tail))?;
+        }
+        Ok(())
+    }
 
+    /// Compares a data block's hash with its entry in the leaf level, first verifying the
+    /// tree blocks on its path that are not verified yet.
+    fn check_leaf(&self, block_index: u64, hash: &HashBuf) -> Result<(), VerityError> {
+        let len = self.alg.digest_len();
+        let (leaf, slot) = self.verified_leaf(block_index)?;
+        if self.tree_block(leaf)[slot * len..(slot + 1) * len] != hash[..len] {
+            return Err(VerityError::DataBlockMismatch { block: block_index });
+        }
+        Ok(())
+    }
+
+    /// The leaf tree block holding the hash of data block `block_index`, and the slot of
+    /// that hash in it, after checking every tree block on its path that is not verified yet.
+    fn verified_leaf(&self, block_index: u64) -> Result<(u64, usize), VerityError> {
+        let len = self.alg.digest_len();
         // Walk up from the leaf entry for this block until a tree block already verified
         // (the top block always is), remembering the path.
         let per = self.alg.hashes_per_block() as u64;
@@ -264,12 +346,7 @@ impl MerkleTree {
             }
             self.mark_verified(child);
         }
-
-        let (leaf, slot) = path[0];
-        if self.tree_block(leaf)[slot * len..(slot + 1) * len] != hash[..len] {
-            return Err(VerityError::DataBlockMismatch { block: block_index });
-        }
-        Ok(())
+        Ok(path[0])
     }
 
     /// For a one-block file: the data block's hash must give the expected digest.

@@ -1,6 +1,6 @@
 //! Test helpers shared by integration tests: building trees by path, converting a
-//! [`Tree`] into the composefs crate's tree (the byte-identity oracle), and a
-//! proptest strategy for random trees.
+//! [`Tree`] into the composefs crate's tree (the byte-identity oracle), a
+//! proptest strategy for random trees, and a seeded generator for mutations.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -24,6 +24,7 @@ pub fn stat(mode: u32, uid: u32, gid: u32, sec: u64, nsec: u32) -> Stat {
         gid,
         mtime: Mtime { sec, nsec },
         xattrs: BTreeMap::new(),
+        nlink: None,
     }
 }
 
@@ -280,6 +281,7 @@ fn stat_strategy() -> impl Strategy<Value = Stat> {
             gid,
             mtime: Mtime { sec, nsec },
             xattrs,
+            nlink: None,
         })
 }
 
@@ -385,4 +387,23 @@ pub fn build_tree(alg: HashAlg, root: Stat, ops: &[Op]) -> Tree {
         }
     }
     tree
+}
+
+// --- deterministic randomness ---------------------------------------------------------
+
+/// xorshift64*: deterministic for a seed (which must not be 0), no dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform enough in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
 }

@@ -135,6 +135,17 @@ impl Layer {
         self.raw_header(h, name, data)
     }
 
+    /// A regular file whose header states `header_size` whatever the data is (a PAX
+    /// `size` record before it gives the real one).
+    pub fn raw_with_size(&mut self, name: &[u8], data: &[u8], header_size: u64) -> &mut Self {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(header_size);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        self.raw_header(h, name, data)
+    }
+
     fn raw_header(&mut self, mut h: Header, name: &[u8], data: &[u8]) -> &mut Self {
         h.set_uid(0);
         h.set_gid(0);

@@ -5,20 +5,16 @@
 //! into memory, its fs-verity digest computed from those bytes, compared with the pin, and
 //! only then are the same bytes parsed and served.
 
-use std::fs::OpenOptions;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use imgmount_format::erofs::reader::Image;
-use imgmount_format::store::ObjectStore;
+use imgmount_format::store::{MAX_IMAGE_SIZE, ObjectStore, fsops};
 use imgmount_format::verity::{self, Digest};
 
 use super::cmdline::ImageRef;
 
-/// Image files larger than this are refused before reading (a composefs image holds only
-/// metadata; large operating systems have images of tens of MiB).
-const MAX_IMAGE_BYTES: u64 = 4 << 30;
+/// Image files larger than this are refused before reading, as the store refuses them.
+const MAX_IMAGE_BYTES: u64 = MAX_IMAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootImageError {
@@ -90,26 +86,7 @@ pub fn load_verified(path: &Path, named: &ImageRef, pin: &Digest) -> Result<Imag
         path: path.to_owned(),
         reason,
     };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| read_err(e.to_string()))?;
-    let md = file.metadata().map_err(|e| read_err(e.to_string()))?;
-    if !md.is_file() {
-        return Err(read_err("not a regular file".into()));
-    }
-    if md.len() > MAX_IMAGE_BYTES {
-        return Err(read_err(format!(
-            "{} bytes, more than any composefs image ({MAX_IMAGE_BYTES})",
-            md.len()
-        )));
-    }
-    let mut bytes = Vec::with_capacity(md.len() as usize);
-    file.by_ref()
-        .take(MAX_IMAGE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| read_err(e.to_string()))?;
+    let bytes = fsops::read_regular(path, MAX_IMAGE_BYTES).map_err(|e| read_err(e.to_string()))?;
     let actual = verity::digest_bytes(pin.alg(), &bytes);
     if actual != *pin {
         return Err(BootImageError::Mismatch {

@@ -29,7 +29,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use fuser::SessionACL;
 
-use crate::fs::daemon::{self, Forked, LogStyle, OnSignal, ServeOptions};
+use crate::fs::daemon::{self, Forked, OnSignal, ServeOptions};
+use crate::fs::daemon_log::{self, LogStyle};
 use crate::fs::session;
 use crate::fs::{FsOptions, ImgFs};
 use crate::read::{Objects, ReadConfig};
@@ -231,17 +232,19 @@ pub fn setup(cfg: &BootConfig, layout: &Layout, steps: &[Step]) -> anyhow::Resul
         path.display(),
         cfg.image
     );
+    session::raise_nofile_limit();
     let objects = Objects::new(ReadConfig {
         objects_dir: layout.store_in_chroot.join("objects"),
         sidecar_dir: layout.store_in_chroot.join("verity"),
         mode: cfg.verity,
         cache_bytes: 64 << 20,
         keep_open: 512,
+        verify_threads: 0,
+        open_files: session::open_file_budget(),
     });
     let fs = ImgFs::new(img, objects, FsOptions { passthrough: true });
     let (log_target, style) = daemon_log();
-    daemon::init_logger(cfg.log.unwrap_or(log::LevelFilter::Warn), style);
-    session::raise_nofile_limit();
+    daemon_log::init(cfg.log.unwrap_or(log::LevelFilter::Warn), style);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -254,6 +257,8 @@ pub fn setup(cfg: &BootConfig, layout: &Layout, steps: &[Step]) -> anyhow::Resul
                 acl: SessionACL::All,
                 ready: Some(ready),
                 log_target,
+                // Its log is the kernel's, which the journal reads after switch_root.
+                syslog_when_detached: false,
                 on_signal: OnSignal::Ignore,
                 read_ahead_kb: Some(1024),
                 // The threads share one descriptor: cloning opens /dev/fuse, which the

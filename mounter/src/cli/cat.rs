@@ -10,40 +10,54 @@ use clap::Args;
 use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::erofs::format::FileType;
 use imgmount_format::erofs::reader::Image;
-use imgmount_format::verity::{Digest, merkle_tree_file};
+use imgmount_format::store::fsops::{Dir, Expect, PositionedReader};
+use imgmount_format::verity::{Digest, VerityError, merkle_tree_reader};
 
+use super::registry_args::RegistryArgs;
+use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 use crate::read::VerityMode;
 
 /// Print a regular file from an image to standard output.
 ///
 /// Small files are stored in the image itself; larger ones are read from the
-/// object directory given with --objects and checked block by block against
-/// the fs-verity digest the image records, before any byte is printed.
+/// object directory (the store's for an image from the store, else `objects/`
+/// beside the image's directory or beside the image, else --objects) and
+/// checked block by block against the fs-verity digest the image records,
+/// before any byte is printed.
 ///
-/// Example:
+/// Examples:
+///   imgmount cat web:stable /etc/os-release
 ///   imgmount cat rootfs.cfs /etc/os-release --objects /var/lib/objects
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct CatArgs {
-    /// The composefs image file.
-    pub image: PathBuf,
+    #[arg(value_name = "IMAGE", help = IMAGE_HELP)]
+    pub image: String,
     /// Absolute path of the file inside the image, e.g. /etc/hostname.
     pub path: String,
     /// The object directory (XX/rest-of-digest layout) holding file contents.
     #[arg(long, value_name = "DIR")]
     pub objects: Option<PathBuf>,
-    /// Verification: require, auto (verify where a digest exists) or off.
-    #[arg(long, value_name = "MODE", default_value = "auto")]
+    /// require: the file must carry a digest; auto: verify when it carries one;
+    /// off: trust the object store.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = VerityMode::Auto)]
     pub verity: VerityMode,
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 pub fn run(args: CatArgs) -> Result<()> {
-    let image =
-        Image::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
+    let found = find_image(&args.store, &args.image, &args.registry)?;
+    let found_objects = found.objects.clone();
+    // A stored image as checked against its name; a file read whole, not mapped.
+    let (image_path, image): (PathBuf, Image) = found.open()?;
+    let shown = image_path.display();
     let inode = image
         .lookup_path(args.path.as_bytes())
-        .with_context(|| format!("looking up {} in {}", args.path, args.image.display()))?
-        .with_context(|| format!("{}: no such file in {}", args.path, args.image.display()))?;
+        .with_context(|| format!("looking up {} in {shown}", args.path))?
+        .with_context(|| format!("{} does not exist in {shown}", args.path))?;
     if inode.file_type() != FileType::RegularFile {
         bail!(
             "{} is not a regular file (it is a {:?})",
@@ -67,9 +81,15 @@ pub fn run(args: CatArgs) -> Result<()> {
             }
         }
         Some(redirect) => {
-            let objects = args.objects.as_deref().with_context(|| {
-                format!("{} is stored as an object: pass --objects DIR", args.path)
-            })?;
+            let objects = args.objects.as_deref().unwrap_or(&found_objects);
+            if !objects.is_dir() {
+                bail!(
+                    "{} is stored as an object, and the object directory {} does not exist: \
+                     pass --objects DIR",
+                    args.path,
+                    objects.display()
+                );
+            }
             let rel = redirect_object_path(redirect).with_context(|| {
                 format!(
                     "{}: redirect {:?} would leave the object directory",
@@ -78,6 +98,13 @@ pub fn run(args: CatArgs) -> Result<()> {
                 )
             })?;
             let object = objects.join(rel);
+            // The object: a regular file of the size the image gives, never through a
+            // symlink below --objects, never a FIFO or device.
+            let open_object = || {
+                Dir::open(objects)
+                    .and_then(|d| d.open_file(rel, Expect::Size(inode.size())))
+                    .with_context(|| format!("opening object {}", object.display()))
+            };
             let digest = image.metacopy(&inode)?.flatten();
             match (digest, args.verity) {
                 (None, VerityMode::Require) => {
@@ -86,22 +113,30 @@ pub fn run(args: CatArgs) -> Result<()> {
                         args.path
                     )
                 }
-                (Some(d), VerityMode::Require | VerityMode::Auto) => {
-                    copy_verified(&object, d, inode.size(), &mut out)?
-                }
-                _ => copy_unverified(&object, inode.size(), &mut out)?,
+                (Some(d), VerityMode::Require | VerityMode::Auto) => open_object()
+                    .and_then(|file| copy_verified(&file, &object, d, inode.size(), &mut out)),
+                _ => open_object()
+                    .and_then(|file| copy_unverified(file, &object, inode.size(), &mut out)),
             }
+            .with_context(|| format!("refused to read {}", args.path))?
         }
     }
     out.flush()?;
     Ok(())
 }
 
-/// Copies an object after checking it against `digest`: the Merkle tree is built
-/// and compared with the digest first, then each block is checked against the
-/// tree as it is read again, so a file changed between the passes is caught too.
-fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write) -> Result<()> {
-    let tree = merkle_tree_file(digest.alg(), object)
+/// Copies an object after checking it against `digest`: the Merkle tree is built from
+/// the first `size` bytes and compared with the digest first, then each block is checked
+/// against the tree as it is read again, so a file changed between the passes is caught too.
+fn copy_verified(
+    file: &File,
+    object: &Path,
+    digest: Digest,
+    size: u64,
+    out: &mut impl Write,
+) -> Result<()> {
+    let first_pass = PositionedReader::new(file, 0).take(size);
+    let tree = merkle_tree_reader(digest.alg(), first_pass)
         .with_context(|| format!("reading object {}", object.display()))?;
     if tree.digest() != digest {
         bail!(
@@ -110,15 +145,6 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
             tree.digest()
         );
     }
-    if tree.data_size() != size {
-        bail!(
-            "object {} has {} bytes but the image says {size}",
-            object.display(),
-            tree.data_size()
-        );
-    }
-    let file =
-        File::open(object).with_context(|| format!("opening object {}", object.display()))?;
     const CHUNK: u64 = 1 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
     let mut off = 0u64;
@@ -126,10 +152,12 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
         let len = (size - off).min(CHUNK) as usize;
         file.read_exact_at(&mut buf[..len], off)
             .with_context(|| format!("reading object {} at {off}", object.display()))?;
-        for (i, block) in buf[..len].chunks(4096).enumerate() {
-            let at = off + i as u64 * 4096;
-            tree.verify_data_block(at / 4096, block)
-                .with_context(|| format!("object {} at offset {at}", object.display()))?;
+        if let Err(e) = tree.verify_data_blocks(off / 4096, &buf[..len]) {
+            let at = match e {
+                VerityError::DataBlockMismatch { block } => block * 4096,
+                _ => off,
+            };
+            return Err(e).with_context(|| format!("object {} at offset {at}", object.display()));
         }
         out.write_all(&buf[..len])?;
         off += len as u64;
@@ -137,9 +165,7 @@ fn copy_verified(object: &Path, digest: Digest, size: u64, out: &mut impl Write)
     Ok(())
 }
 
-fn copy_unverified(object: &Path, size: u64, out: &mut impl Write) -> Result<()> {
-    let file =
-        File::open(object).with_context(|| format!("opening object {}", object.display()))?;
+fn copy_unverified(file: File, object: &Path, size: u64, out: &mut impl Write) -> Result<()> {
     let copied = io::copy(&mut file.take(size), out)?;
     if copied != size {
         bail!(

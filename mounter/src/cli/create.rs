@@ -29,13 +29,14 @@ use super::UsageError;
 #[command(verbatim_doc_comment)]
 pub struct CreateArgs {
     /// A directory, or with --from-file a dumpfile ('-' reads standard input).
+    #[arg(value_name = "INPUT")]
     pub source: PathBuf,
     /// Where to write the image ('-' writes to standard output).
     pub image: PathBuf,
     /// Copy every external file into this object directory (XX/rest layout).
     #[arg(long, value_name = "DIR")]
     pub digest_store: Option<PathBuf>,
-    /// SOURCE is a composefs dumpfile, not a directory.
+    /// INPUT is a composefs dumpfile, not a directory.
     #[arg(long)]
     pub from_file: bool,
     /// Lowest composefs format version to write (0 or 1).
@@ -47,9 +48,14 @@ pub struct CreateArgs {
     /// fs-verity hash for file digests.
     #[arg(long, value_name = "ALG", default_value = "sha256")]
     pub hash: HashAlg,
-    /// Print the fs-verity digest of the image written.
+    /// Print the fs-verity digest of the image written (to standard error when the
+    /// image goes to standard output).
     #[arg(long)]
     pub print_digest: bool,
+    /// Print a JSON object (image, digest as sha256:HEX, size in bytes) instead of the
+    /// bare digest; implies --print-digest.
+    #[arg(long)]
+    pub json: bool,
     /// Threads used to hash and copy files (0 = one per core).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
@@ -66,7 +72,7 @@ pub fn run(args: CreateArgs) -> Result<()> {
     let tree = if args.from_file {
         if args.digest_store.is_some() {
             return Err(UsageError(
-                "--digest-store needs a directory SOURCE: a dumpfile names no file contents".into(),
+                "--digest-store needs a directory INPUT: a dumpfile names no file contents".into(),
             )
             .into());
         }
@@ -108,13 +114,23 @@ pub fn run(args: CreateArgs) -> Result<()> {
         .write()
         .context("building the image")?;
     write_output(&args.image, &image)?;
-    if args.print_digest {
-        let digest = digest_bytes(args.hash, &image).to_hex();
+    if args.print_digest || args.json {
+        let digest = digest_bytes(args.hash, &image);
+        let text = if args.json {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image": args.image.display().to_string(),
+                "digest": digest.to_string(),
+                "size": image.len(),
+            }))?
+        } else {
+            // mkcomposefs --print-digest prints bare hex.
+            digest.to_hex()
+        };
         // With the image on stdout, the digest must not be mixed into it.
         if args.image == Path::new("-") {
-            eprintln!("{digest}");
+            eprintln!("{text}");
         } else {
-            println!("{digest}");
+            println!("{text}");
         }
     }
     Ok(())

@@ -1,12 +1,10 @@
 //! `imgmount enable-verity`: kernel fs-verity on the store's objects.
 
-use std::fs::File;
-use std::io::{self, IsTerminal};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use imgmount_format::store::ObjectStore;
 use imgmount_format::verity::Digest;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -55,24 +53,11 @@ pub struct VerityReport {
     pub problems: Vec<Problem>,
 }
 
-/// Opens an object so that a symlink, FIFO or device in its place cannot hurt.
-fn open_object(path: &Path) -> io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok(file)
-}
-
 /// The outcome for one object; Err for what makes going on pointless (no fs-verity here).
-fn enable_one(digest: &Digest, path: &Path) -> Result<Result<bool, String>> {
-    let file = match open_object(path) {
+fn enable_one(store: &ObjectStore, digest: &Digest) -> Result<Result<bool, String>> {
+    // Through the store's directory descriptors: a symlink, FIFO or device in place of the
+    // object (or of its fan-out directory) is a problem reported, never followed.
+    let file = match store.open_object(digest) {
         Ok(f) => f,
         Err(e) => return Ok(Err(format!("cannot open: {e}"))),
     };
@@ -99,7 +84,7 @@ fn enable_one(digest: &Digest, path: &Path) -> Result<Result<bool, String>> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOTTY)) => bail!(
             "fs-verity is not available for {}: {e} (it needs a kernel with CONFIG_FS_VERITY \
              and a filesystem with the feature on, e.g. `tune2fs -O verity` for ext4)",
-            path.display()
+            store.object_path(digest).display()
         ),
         Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
             Ok(Err("it is open for writing elsewhere".to_owned()))
@@ -108,8 +93,12 @@ fn enable_one(digest: &Digest, path: &Path) -> Result<Result<bool, String>> {
     }
 }
 
-/// Enables fs-verity on each object (digest and path); `progress` draws a bar on stderr.
-pub fn enable_objects(objects: &[(Digest, PathBuf)], progress: bool) -> Result<VerityReport> {
+/// Enables fs-verity on each of the store's `objects`; `progress` draws a bar on stderr.
+pub fn enable_objects(
+    store: &ObjectStore,
+    objects: &[Digest],
+    progress: bool,
+) -> Result<VerityReport> {
     let bar = if progress {
         let b =
             ProgressBar::with_draw_target(Some(objects.len() as u64), ProgressDrawTarget::stderr());
@@ -122,12 +111,12 @@ pub fn enable_objects(objects: &[(Digest, PathBuf)], progress: bool) -> Result<V
         None
     };
     let mut report = VerityReport::default();
-    for (digest, path) in objects {
-        match enable_one(digest, path)? {
+    for digest in objects {
+        match enable_one(store, digest)? {
             Ok(true) => report.enabled += 1,
             Ok(false) => report.already += 1,
             Err(reason) => report.problems.push(Problem {
-                path: path.display().to_string(),
+                path: store.object_path(digest).display().to_string(),
                 reason,
             }),
         }
@@ -164,37 +153,40 @@ pub fn print_report(report: &VerityReport, json: bool) -> Result<()> {
 
 pub fn run(args: EnableVerityArgs) -> Result<()> {
     let store = args.store.open()?;
-    let objects = store.list_objects()?;
+    let objects: Vec<Digest> = store.list_objects()?.into_iter().map(|(d, _)| d).collect();
     let show = std::io::stderr().is_terminal() && !args.json;
-    let report = enable_objects(&objects, show)?;
+    let report = enable_objects(&store, &objects, show)?;
     print_report(&report, args.json)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    use imgmount_format::verity::HashAlg;
 
     #[test]
     fn objects_that_are_not_files_are_problems_not_crashes() {
         let dir = tempfile::tempdir().unwrap();
-        let d =
-            imgmount_format::verity::digest_bytes(imgmount_format::verity::HashAlg::Sha256, b"x");
-        let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        let store = ObjectStore::create(dir.path().join("store")).unwrap();
+        let [fifo, link, missing] = [b"fifo" as &[u8], b"link", b"missing"]
+            .map(|c| imgmount_format::verity::digest_bytes(HashAlg::Sha256, c));
+        for d in [fifo, link] {
+            std::fs::create_dir_all(store.object_path(&d).parent().unwrap()).unwrap();
+        }
+        let c =
+            std::ffi::CString::new(store.object_path(&fifo).into_os_string().into_vec()).unwrap();
         // SAFETY: a valid path string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
-        let r = enable_objects(
-            &[(d, fifo), (d, link), (d, dir.path().join("missing"))],
-            false,
-        )
-        .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", store.object_path(&link)).unwrap();
+        let r = enable_objects(&store, &[fifo, link, missing], false).unwrap();
         assert_eq!(r.problems.len(), 3, "{r:?}");
         assert!(
             r.problems
                 .iter()
-                .all(|p| p.reason.starts_with("cannot open"))
+                .all(|p| p.reason.starts_with("cannot open")),
+            "{r:?}"
         );
     }
 
@@ -202,11 +194,9 @@ mod tests {
     fn no_fs_verity_here_is_one_clear_error() {
         // This machine's kernel (and tmpfs anywhere) has no fs-verity.
         let dir = tempfile::tempdir().unwrap();
-        let d =
-            imgmount_format::verity::digest_bytes(imgmount_format::verity::HashAlg::Sha256, b"x");
-        let p = dir.path().join("obj");
-        std::fs::write(&p, b"x").unwrap();
-        match enable_objects(&[(d, p)], false) {
+        let store = ObjectStore::create(dir.path().join("store")).unwrap();
+        let d = store.insert_bytes(b"x", HashAlg::Sha256).unwrap();
+        match enable_objects(&store, &[d], false) {
             Err(e) => assert!(e.to_string().contains("fs-verity is not available"), "{e}"),
             // A kernel and filesystem with fs-verity: then it just works.
             Ok(r) => assert_eq!((r.enabled, r.problems.len()), (1, 0), "{r:?}"),

@@ -10,17 +10,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::composefs::tree_from_image;
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::store::ObjectStore;
+use imgmount_format::store::fsops::{Dir, Expect};
 use imgmount_format::tree::{Directory, LeafContent, LeafId, Node, RegularFile, Stat, Tree};
-use imgmount_format::verity::FsVerityHasher;
+use imgmount_format::verity::{Digest, FsVerityHasher, HashAlg};
 
+use super::registry_args::RegistryArgs;
 use super::store_path::{StoreArg, resolve_image};
 
 /// Unpack an image from the store into a directory, without FUSE.
 ///
-/// Every file's content is checked against its fs-verity digest on the way.
+/// Every file's content is checked against its fs-verity digest on the way:
+/// each is written under a temporary name, and renamed to its own only once
+/// all of its bytes are verified (on a failure no unverified byte is left
+/// under any name). The image itself is checked against its digest first.
 ///
 /// IMAGE is a tag, a digest, or a SOURCE (imported first, see `imgmount
 /// import`). DIR must not exist or be empty. As root, ownership, device nodes
@@ -37,6 +43,12 @@ pub struct ExtractArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub store: StoreArg,
+    /// Print a JSON object (image, dir, and what an unprivileged extract left out)
+    /// when done.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// What an unprivileged extract leaves out.
@@ -65,10 +77,22 @@ fn last_os_error(what: &str, path: &Path) -> anyhow::Error {
     anyhow::Error::new(io::Error::last_os_error()).context(format!("{what} {}", path.display()))
 }
 
+/// The digest an object path (`XX/rest`, as a payload or redirect gives it) names.
+fn digest_of_payload(payload: &[u8]) -> Option<Digest> {
+    let rel = redirect_object_path(payload)?;
+    let hex: String = rel.to_str()?.chars().filter(|c| *c != '/').collect();
+    [HashAlg::Sha256, HashAlg::Sha512]
+        .into_iter()
+        .find(|a| a.digest_len() * 2 == hex.len())
+        .and_then(|a| Digest::from_hex(a, &hex).ok())
+        .filter(|d| d.object_path() == rel.to_str().unwrap_or_default())
+}
+
 pub fn run(args: ExtractArgs) -> Result<()> {
-    let (store, image_path) = resolve_image(&args.store, &args.image)?;
-    let image =
-        Image::open(&image_path).with_context(|| format!("opening {}", image_path.display()))?;
+    let (store, stored) = resolve_image(&args.store, &args.image, &args.registry)?;
+    let image_path = stored.path;
+    let image = Image::from_bytes(stored.bytes)
+        .with_context(|| format!("opening {}", image_path.display()))?;
     let tree =
         tree_from_image(&image).with_context(|| format!("reading {}", image_path.display()))?;
     match fs::read_dir(&args.dir) {
@@ -94,7 +118,18 @@ pub fn run(args: ExtractArgs) -> Result<()> {
     };
     x.directory(&tree.root, &args.dir)?;
     let s = &x.skipped;
-    if s.devices + s.xattrs + s.owners > 0 {
+    if args.json {
+        let report = serde_json::json!({
+            "image": image_path.display().to_string(),
+            "dir": args.dir.display().to_string(),
+            "skipped": {
+                "devices": s.devices,
+                "xattrs": s.xattrs,
+                "owners": s.owners,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if s.devices + s.xattrs + s.owners > 0 {
         eprintln!(
             "imgmount: not root: {} device nodes became empty files; left out {} \
              trusted./security. xattrs and the ownership of {} entries",
@@ -179,33 +214,42 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    /// Copies an object out of the store, checking its digest as it goes.
+    /// Copies an object out of the store to `path`: written under a temporary name beside
+    /// it while its digest is computed, no more than the `size` the image gives read, and
+    /// renamed to its name only when size and digest are right. On any failure the
+    /// temporary file is removed: no unverified byte stays under any name.
     fn external(
         &mut self,
         path: &Path,
         size: u64,
         payload: Option<&[u8]>,
-        digest: Option<&imgmount_format::verity::Digest>,
+        digest: Option<&Digest>,
     ) -> Result<()> {
-        let object = match (digest, payload) {
-            (Some(d), _) => self.store.object_path(d),
-            (None, Some(p)) => {
-                let p = std::str::from_utf8(p).ok().filter(|p| {
-                    let mut parts = p.trim_start_matches('/').split('/');
-                    matches!((parts.next(), parts.next(), parts.next()),
-                        (Some(a), Some(b), None) if a.len() == 2
-                            && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_hexdigit()))
-                });
-                let p = p.with_context(|| format!("{}: bad object name", path.display()))?;
-                self.store.objects_dir().join(p.trim_start_matches('/'))
-            }
-            (None, None) => bail!("{}: external file names no object", path.display()),
-        };
-        let mut src = File::open(&object)
+        // A file without a metacopy digest is still named by its digest in the store.
+        let named = payload.and_then(digest_of_payload);
+        let want = digest
+            .or(named.as_ref())
+            .with_context(|| format!("{}: the image names no digest for it", path.display()))?;
+        let rel = want.object_path();
+        let object = self.store.object_path(want);
+        let src = self
+            .store
+            .objects_fd()
+            .open_file(&rel, Expect::Size(size))
             .with_context(|| format!("{}: opening object {}", path.display(), object.display()))?;
-        let mut dst = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut hasher = digest.map(|d| FsVerityHasher::new(d.alg()));
+        // The temporary file is created and renamed relative to its directory, opened here
+        // (not held across the walk: deep trees would hold a descriptor per level).
+        let (parent, name) = match (path.parent(), path.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => bail!("{}: not a path to extract to", path.display()),
+        };
+        let dir = Dir::open(parent).with_context(|| format!("opening {}", parent.display()))?;
+        let mut tmp = dir
+            .create_temp(".imgmount-extract-", 0o600)
+            .with_context(|| format!("creating a temporary file beside {}", path.display()))?;
+        let mut hasher = FsVerityHasher::new(want.alg());
         let mut copied = 0u64;
+        let mut src = src.take(size);
         loop {
             let n = match src.read(&mut self.buf) {
                 Ok(0) => break,
@@ -214,11 +258,10 @@ impl Extractor<'_> {
                 Err(e) => return Err(e).with_context(|| format!("reading {}", object.display())),
             };
             let chunk = self.buf.get(..n).unwrap_or_default();
-            if let Some(h) = hasher.as_mut() {
-                h.update(chunk);
-            }
-            dst.write_all(chunk)
-                .with_context(|| format!("writing {}", path.display()))?;
+            hasher.update(chunk);
+            tmp.file_mut()
+                .write_all(chunk)
+                .with_context(|| format!("writing {}", tmp.display().display()))?;
             copied += n as u64;
         }
         if copied != size {
@@ -228,16 +271,19 @@ impl Extractor<'_> {
                 object.display()
             );
         }
-        if let (Some(h), Some(want)) = (hasher, digest) {
-            let got = h.finalize();
-            if got != *want {
-                let _ = fs::remove_file(path);
-                bail!(
-                    "{}: object {} has digest {got}, the image says {want}: run imgmount fsck",
-                    path.display(),
-                    object.display()
-                );
-            }
+        let got = hasher.finalize();
+        if got != *want {
+            bail!(
+                "{}: object {} has digest {got}, the image says {want}: run imgmount fsck",
+                path.display(),
+                object.display()
+            );
+        }
+        if !tmp
+            .persist_noclobber(&dir, name)
+            .with_context(|| format!("renaming into {}", path.display()))?
+        {
+            bail!("{} exists already", path.display());
         }
         Ok(())
     }

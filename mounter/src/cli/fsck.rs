@@ -12,9 +12,13 @@ use super::store_path::StoreArg;
 /// object's name, checks Merkle-tree sidecars and image files, and reports
 /// images whose objects are missing.
 ///
-/// With --repair, bad objects, sidecars and images are removed (import the
-/// image again to restore its content). Exit status 0 when all is well, 1 when
-/// problems were found (even if repaired).
+/// With --repair, bad objects, sidecars and images are removed, and so is
+/// anything that is not a directory where the store's directories should be
+/// (a symlink, say: removed as the link itself, never followed). Importing an
+/// image again restores its content, with or without --repair: an import
+/// checks what is stored under a name and replaces it if it is wrong.
+/// Exit status 0 when all is well, 1 when problems were found (even if
+/// repaired). Sidecars of objects no longer stored are counted, not problems.
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct FsckArgs {
@@ -40,6 +44,8 @@ struct Report {
     objects: usize,
     sidecars: usize,
     images: usize,
+    /// Sidecars whose object is gone: harmless (gc removes them), not problems.
+    orphan_sidecars: usize,
     problems: Vec<Problem>,
 }
 
@@ -52,6 +58,7 @@ pub fn run(args: FsckArgs) -> Result<()> {
             objects: r.objects,
             sidecars: r.sidecars,
             images: r.images,
+            orphan_sidecars: r.orphan_sidecars,
             problems: r
                 .problems
                 .into_iter()
@@ -72,6 +79,17 @@ pub fn run(args: FsckArgs) -> Result<()> {
             "checked {} objects, {} sidecars, {} images: {} problems",
             r.objects, r.sidecars, r.images, problems
         );
+        if r.orphan_sidecars > 0 {
+            let what = if args.repair {
+                "removed"
+            } else {
+                "gc removes them"
+            };
+            println!(
+                "{} sidecars of objects no longer stored (harmless; {what})",
+                r.orphan_sidecars
+            );
+        }
     }
     if problems > 0 {
         bail!("{problems} problems found in the store");

@@ -9,7 +9,9 @@ use super::store_path::StoreArg;
 /// Remove from the store what no image references.
 ///
 /// Objects no image references go, with their Merkle-tree sidecars, and so do
-/// leftovers of interrupted imports.
+/// leftovers of interrupted imports, the store's records of layers no image
+/// uses any more, and blobs interrupted pulls downloaded (a pull resumes
+/// from those only until the next gc).
 ///
 /// Safe beside a running import: gc waits for imports to finish (and new ones
 /// wait for gc) through a lock on the store. An image that cannot be read stops
@@ -37,6 +39,9 @@ struct Report {
     removed_sidecars: usize,
     removed_temp: usize,
     removed_refs: Vec<String>,
+    removed_layer_records: usize,
+    removed_downloads: usize,
+    removed_download_bytes: u64,
 }
 
 pub fn run(args: GcArgs) -> Result<()> {
@@ -52,6 +57,9 @@ pub fn run(args: GcArgs) -> Result<()> {
             removed_sidecars: r.removed_sidecars,
             removed_temp: r.removed_temp,
             removed_refs: r.removed_refs,
+            removed_layer_records: r.removed_layer_records,
+            removed_downloads: r.removed_downloads,
+            removed_download_bytes: r.removed_download_bytes,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -69,6 +77,14 @@ pub fn run(args: GcArgs) -> Result<()> {
             r.kept_objects,
             r.images
         );
+        if r.removed_layer_records + r.removed_downloads > 0 {
+            println!(
+                "{verb} {} layer records no image uses, {} downloads of interrupted pulls ({})",
+                r.removed_layer_records,
+                r.removed_downloads,
+                indicatif::HumanBytes(r.removed_download_bytes)
+            );
+        }
         for tag in &r.removed_refs {
             println!("{verb} tag {tag} (its image is gone)");
         }

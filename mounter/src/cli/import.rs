@@ -1,16 +1,19 @@
 //! `imgmount import`: an OCI image (or a root filesystem) into the store.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use imgmount_format::oci::import::DownloadMeter;
 use imgmount_format::oci::{self, ImportOptions, ImportProgress, Imported, Limits, Source};
 use imgmount_format::store::ObjectStore;
-use imgmount_format::verity::HashAlg;
+use imgmount_format::verity::{Digest, HashAlg};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::UsageError;
+use super::registry_args::RegistryArgs;
 use super::store_path::{StoreArg, parse_size};
 
 /// Import an image into the store, checking every blob, and print its digest.
@@ -19,13 +22,16 @@ use super::store_path::{StoreArg, parse_size};
 ///   oci:DIR[:TAG]               an OCI image layout directory
 ///   oci-archive:FILE[:TAG]      the same, as a tar file
 ///   docker-archive:FILE[:REF]   `docker save` output (REF: a RepoTag or @N)
+///   docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]
+///                               an image in a registry (see `imgmount pull`)
 ///   dir:PATH                    a directory holding a root filesystem
 ///   tar:FILE                    a root filesystem tarball (gzip, zstd or plain)
 ///
 /// Every blob is checked against its descriptor's digest and size, every layer
 /// against the config's diff_id; on any mismatch nothing in the store changes.
-/// Identical files are stored once across all images. The image is tagged with
-/// --tag, else with the TAG of the SOURCE, if any.
+/// Identical files are stored once across all images, and a layer the store
+/// already has (same diff_id) is rebuilt from the store instead of read again.
+/// The image is tagged with --tag, else with the TAG of the SOURCE, if any.
 ///
 /// Examples:
 ///   imgmount import oci:./layout:latest
@@ -37,8 +43,15 @@ use super::store_path::{StoreArg, parse_size};
 pub struct ImportArgs {
     /// What to import (see above).
     pub source: String,
-    /// Name to give the image in the store.
-    #[arg(long, value_name = "NAME")]
+    #[command(flatten)]
+    pub flags: ImportFlags,
+}
+
+/// The options of `import` and `pull`.
+#[derive(Args, Debug)]
+pub struct ImportFlags {
+    /// Name to give the image in the store (moving the tag if it named another image).
+    #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
     #[command(flatten)]
     pub store: StoreArg,
@@ -62,6 +75,8 @@ pub struct ImportArgs {
     /// `imgmount enable-verity`); fails if the store's filesystem cannot.
     #[arg(long)]
     pub enable_verity: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Serialize)]
@@ -69,10 +84,15 @@ struct Report<'a> {
     digest: String,
     image: String,
     tag: Option<&'a str>,
+    /// The image the tag named before, when the import moved it.
+    moved_from: Option<String>,
     layers: usize,
     files: u64,
     bytes: u64,
     new_objects: usize,
+    reused_layers: usize,
+    fetched_bytes: u64,
+    reused_image: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     verity_enabled: Option<usize>,
 }
@@ -82,32 +102,43 @@ pub fn run(args: ImportArgs) -> Result<()> {
         .source
         .parse()
         .map_err(|e| UsageError(format!("{e}")))?;
-    let tag = args.tag.clone().or_else(|| source.tag().map(str::to_owned));
+    run_source(&source, &args.flags)
+}
+
+/// Imports `source` as the flags say and prints the result.
+pub fn run_source(source: &Source, flags: &ImportFlags) -> Result<()> {
+    let tag = flags.tag.clone().or_else(|| source.tag());
     if let Some(t) = &tag {
         imgmount_format::store::validate_tag(t).map_err(UsageError)?;
     }
-    let store = args.store.create()?.with_fsync(!args.no_sync);
+    let store = flags.store.create()?.with_fsync(!flags.no_sync);
+    let before = tag_target(&store, tag.as_deref())?;
     let opts = ImportOptions {
         tag,
-        hash: args.hash,
+        hash: flags.hash,
         limits: Limits {
-            max_bytes: args.max_size,
-            max_entries: args.max_entries,
+            max_bytes: flags.max_size,
+            max_entries: flags.max_entries,
         },
+        registry: flags.registry.options(),
     };
-    let mut progress = Bars::new(std::io::stdout().is_terminal() && !args.json);
-    let imported = oci::import(&store, &source, &opts, &mut progress)
+    let mut progress = Bars::new(std::io::stdout().is_terminal() && !flags.json);
+    let imported = oci::import(&store, source, &opts, &mut progress)
         .with_context(|| format!("importing {source}"));
     progress.finish();
     let imported = imported?;
-    let verity = if args.enable_verity {
-        let objects: Vec<_> = store
-            .image_objects(&imported.image_path)?
+    let moved_from = before.filter(|d| *d != imported.digest);
+    if let (Some(old), Some(t), false) = (&moved_from, &imported.tag, flags.json) {
+        eprintln!("imgmount: tag {t} moved from {old} to {}", imported.digest);
+    }
+    let verity = if flags.enable_verity {
+        let mut objects: Vec<Digest> = store
+            .stored_image_objects(&imported.digest)?
             .into_iter()
-            .map(|d| (d, store.object_path(&d)))
             .collect();
-        let show = std::io::stderr().is_terminal() && !args.json;
-        let report = super::enable_verity::enable_objects(&objects, show)
+        objects.sort();
+        let show = std::io::stderr().is_terminal() && !flags.json;
+        let report = super::enable_verity::enable_objects(&store, &objects, show)
             .context("enabling fs-verity on the imported objects")?;
         for p in &report.problems {
             eprintln!("imgmount: {}: {}", p.path, p.reason);
@@ -123,15 +154,19 @@ pub fn run(args: ImportArgs) -> Result<()> {
     } else {
         None
     };
-    if args.json {
+    if flags.json {
         let report = Report {
             digest: imported.digest.to_string(),
             image: imported.image_path.display().to_string(),
             tag: imported.tag.as_deref(),
+            moved_from: moved_from.map(|d| d.to_string()),
             layers: imported.layers,
             files: imported.files,
             bytes: imported.bytes,
             new_objects: imported.new_objects,
+            reused_layers: imported.reused_layers,
+            fetched_bytes: imported.fetched_bytes,
+            reused_image: imported.reused_image,
             verity_enabled: verity,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -142,19 +177,57 @@ pub fn run(args: ImportArgs) -> Result<()> {
 }
 
 /// Imports with default options and no output: for commands that accept a
-/// SOURCE where an image is expected.
-pub fn import_quietly(store: &ObjectStore, source: &Source) -> Result<Imported> {
+/// SOURCE where an image is expected. Also returns the image the source's tag named
+/// before, if the import moved it.
+pub fn import_quietly(
+    store: &ObjectStore,
+    source: &Source,
+    registry: &RegistryArgs,
+) -> Result<(Imported, Option<Digest>)> {
     let opts = ImportOptions {
-        tag: source.tag().map(str::to_owned),
+        tag: source.tag(),
+        registry: registry.options(),
         ..ImportOptions::default()
     };
-    oci::import(store, source, &opts, &mut oci::import::NoProgress)
-        .with_context(|| format!("importing {source}"))
+    let before = tag_target(store, opts.tag.as_deref())?;
+    let imported = oci::import(store, source, &opts, &mut Quiet)
+        .with_context(|| format!("importing {source}"))?;
+    let moved_from = before.filter(|d| *d != imported.digest);
+    Ok((imported, moved_from))
 }
 
-/// Progress bars on a terminal: one for layers, one for bytes and files.
+/// The image a tag names now, if any.
+fn tag_target(store: &ObjectStore, tag: Option<&str>) -> Result<Option<Digest>> {
+    match tag {
+        Some(t) => Ok(store.read_ref(t)?),
+        None => Ok(None),
+    }
+}
+
+/// No progress, but a record the store could not use is worth a word.
+struct Quiet;
+
+impl ImportProgress for Quiet {
+    fn record_rejected(&mut self, name: &str, why: &str) {
+        warn_rejected(name, why);
+    }
+}
+
+fn warn_rejected(name: &str, why: &str) {
+    eprintln!(
+        "imgmount: warning: the store's record of layer {name} is unusable ({why}); reading its blob instead"
+    );
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Progress bars on a terminal: layers, bytes stored and, for a pull, bytes
+/// downloaded.
 struct Bars {
     bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
+    download: Option<ProgressBar>,
     files: u64,
 }
 
@@ -163,22 +236,18 @@ impl Bars {
         if !show {
             return Bars {
                 bars: None,
+                download: None,
                 files: 0,
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let layers = multi.add(ProgressBar::new(0));
-        layers.set_style(
-            ProgressStyle::with_template("layer {pos}/{len} {wide_msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        layers.set_style(style("layer {pos}/{len} {wide_msg}"));
         let bytes = multi.add(ProgressBar::new(0));
-        bytes.set_style(
-            ProgressStyle::with_template("{bytes:>10} stored {msg} {bytes_per_sec}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        bytes.set_style(style("{bytes:>10} stored {msg} {bytes_per_sec}"));
         Bars {
             bars: Some((multi, layers, bytes)),
+            download: None,
             files: 0,
         }
     }
@@ -188,16 +257,43 @@ impl Bars {
             layers.finish_and_clear();
             bytes.finish_and_clear();
         }
+        if let Some(d) = &self.download {
+            d.finish_and_clear();
+        }
     }
+
+    fn set_layer(&self, index: usize, count: usize, message: String) {
+        if let Some((_, layers, _)) = &self.bars {
+            layers.set_length(count as u64);
+            layers.set_position(index as u64 + 1);
+            layers.set_message(message);
+        }
+    }
+}
+
+fn short(name: &str) -> String {
+    name.chars().take(19).collect()
 }
 
 impl ImportProgress for Bars {
     fn layer(&mut self, index: usize, count: usize, name: &str, size: u64) {
-        if let Some((_, layers, _)) = &self.bars {
-            layers.set_length(count as u64);
-            layers.set_position(index as u64 + 1);
-            let short: String = name.chars().take(19).collect();
-            layers.set_message(format!("{short}… ({})", indicatif::HumanBytes(size)));
+        let message = format!("{}… ({})", short(name), indicatif::HumanBytes(size));
+        self.set_layer(index, count, message);
+    }
+
+    fn layer_reused(&mut self, index: usize, count: usize, name: &str) {
+        self.set_layer(index, count, format!("{}… (in the store)", short(name)));
+    }
+
+    fn record_rejected(&mut self, name: &str, why: &str) {
+        match &self.bars {
+            Some((multi, _, _)) => {
+                let _ = multi.println(format!(
+                    "warning: the store's record of layer {name} is unusable ({why}); \
+                     reading its blob instead"
+                ));
+            }
+            None => warn_rejected(name, why),
         }
     }
 
@@ -209,5 +305,19 @@ impl ImportProgress for Bars {
                 bytes.set_message(format!("in {} files", self.files));
             }
         }
+    }
+
+    fn downloads(&mut self, count: usize, total: u64) -> Option<DownloadMeter> {
+        let (multi, _, _) = self.bars.as_ref()?;
+        if count == 0 {
+            return None;
+        }
+        let bar = multi.add(ProgressBar::new(total));
+        bar.set_style(style(
+            "{bytes:>10}/{total_bytes} downloaded, {msg} {bytes_per_sec} {wide_bar}",
+        ));
+        bar.set_message(format!("{count} blobs"));
+        self.download = Some(bar.clone());
+        Some(Arc::new(move |n| bar.set_position(n)))
     }
 }

@@ -1,14 +1,15 @@
 //! `imgmount ls`: list a directory of an image without mounting it.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use imgmount_format::composefs::tree_from_image;
-use imgmount_format::erofs::reader::Image;
 use imgmount_format::tree::{Directory, LeafContent, Node, RegularFile, Tree};
 use serde::Serialize;
+
+use super::registry_args::RegistryArgs;
+use super::store_path::{IMAGE_HELP, StoreArg, find_image};
 
 /// List the entries of a directory inside an image, as a mount would show them.
 ///
@@ -21,14 +22,18 @@ use serde::Serialize;
 #[derive(Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct LsArgs {
-    /// The composefs image file.
-    pub image: PathBuf,
+    #[arg(value_name = "IMAGE", help = IMAGE_HELP)]
+    pub image: String,
     /// Directory (or file) inside the image to list.
     #[arg(default_value = "/")]
     pub path: String,
     /// Print a JSON array instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// One listed entry, as `--json` prints it.
@@ -53,16 +58,16 @@ struct Entry {
 }
 
 pub fn run(args: LsArgs) -> Result<()> {
-    let image =
-        Image::open(&args.image).with_context(|| format!("opening {}", args.image.display()))?;
-    let tree =
-        tree_from_image(&image).with_context(|| format!("reading {}", args.image.display()))?;
-    let links = tree.link_counts();
+    // A stored image as checked against its name; a file read whole, not mapped.
+    let (path, image) = find_image(&args.store, &args.image, &args.registry)?.open()?;
+    let shown = path.display();
+    let tree = tree_from_image(&image).with_context(|| format!("reading {shown}"))?;
+    let links = tree.stored_link_counts();
     let path = args.path.as_bytes();
     let mut entries = Vec::new();
     match tree
         .node(path)
-        .with_context(|| format!("{}: not found in {}", args.path, args.image.display()))?
+        .with_context(|| format!("looking in {shown}"))?
     {
         None => list_directory(&tree, &tree.root, &links, &mut entries),
         Some(Node::Directory(dir)) => list_directory(&tree, dir, &links, &mut entries),
@@ -115,7 +120,7 @@ fn entry(tree: &Tree, name: &[u8], node: &Node, links: &[u32]) -> Entry {
             name,
             kind: "directory",
             mode: d.stat.mode,
-            nlink: 2 + d.subdirectory_count() as u32,
+            nlink: u32::try_from(d.shown_link_count()).unwrap_or(u32::MAX),
             uid: d.stat.uid,
             gid: d.stat.gid,
             size: 0,

@@ -3,7 +3,8 @@
 //! Life of a mount: the image is opened (and, with `--digest`, read whole and checked) in
 //! the calling process, so a bad image or digest fails the command directly. Then, unless
 //! `-f`, the process forks ([`crate::fs::daemon`]); when `imgmount mount` returns 0 the mount
-//! is usable. SIGTERM, SIGINT and SIGHUP unmount it cleanly, which ends the request loop.
+//! is usable. The detached daemon logs to `--log-file`, else to syslog. SIGTERM, SIGINT and
+//! SIGHUP unmount it cleanly, which ends the request loop.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -14,26 +15,60 @@ use fuser::SessionACL;
 use imgmount_format::erofs::reader::Image;
 use imgmount_format::verity::{self, Digest};
 
-use super::store_path::{StoreArg, resolve_image};
-use crate::fs::daemon::{self, Forked, LogStyle, OnSignal, ServeOptions};
+use super::mountpoint::check_mount_point;
+use super::registry_args::RegistryArgs;
+use super::store_path::{IMAGE_HELP, StoreArg, find_image};
+use crate::fs::daemon::{self, Forked, OnSignal, ServeOptions};
+use crate::fs::daemon_log::{self, LogStyle};
 use crate::fs::session::{self, is_root};
 use crate::fs::{FsOptions, ImgFs};
 use crate::read::{Objects, ReadConfig, VerityMode};
 
 /// Mount an image read-only with FUSE, verifying every byte of its external files.
+///
+/// The mount shows what the kernel's composefs mount (EROFS + overlayfs) of the
+/// image would show. Small files are in the image; each larger one is an
+/// object in the store, named by its fs-verity digest.
+///
+/// Detaching: `imgmount mount` returns once the mount is ready to use (exit 0)
+/// or has failed (exit 1, with the reason); a daemon stays behind and serves
+/// it until `imgmount umount MOUNTPOINT` (or `fusermount3 -u`, or SIGTERM to
+/// the daemon). With -f it stays in the foreground and logs to standard
+/// error; detached it logs to --log-file, else to syslog (the journal), where
+/// every refused read is reported with the file's path in the image.
+///
+/// Verification, for each object when it is opened:
+///   - the object file has fs-verity enabled and the kernel's measurement is
+///     the digest the image names: the kernel checks every page it reads
+///     (as root, reads then go straight to the file by FUSE passthrough);
+///   - otherwise imgmount checks each 4 KiB block in user space against the
+///     file's Merkle tree (kept in --verity-dir, built on first open and
+///     checked against the digest), and a block that fails is an I/O error;
+///   - --verity=off trusts the store and checks nothing; --verity=require
+///     refuses files whose image entry carries no digest.
+///
+/// Mounting over a directory that is not empty, or over another mount, is
+/// refused unless -o nonempty. As a normal user the mount uses fusermount3
+/// (nosuid,nodev); as root it mounts directly.
+///
+/// Examples:
+///   imgmount mount oci:./layout:latest ~/mnt     import, then mount
+///   imgmount mount web:stable /srv/web --digest sha256:3f2a...
+///   imgmount mount rootfs.cfs /mnt --objects /srv/objects -o allow_other
+///   imgmount mount -f --verity=require rootfs.cfs /mnt
+///   imgmount umount /mnt
 #[derive(Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct MountArgs {
-    /// The image: a composefs image file, or from the store a tag, an image
-    /// digest (`sha256:HEX` or a unique prefix), or a SOURCE such as
-    /// `oci:./layout:tag` (imported into the store first; see `imgmount import`).
+    #[arg(value_name = "IMAGE", help = IMAGE_HELP)]
     pub image: String,
     #[command(flatten)]
     pub store: StoreArg,
     /// Where to mount it.
     pub mountpoint: PathBuf,
-    /// Directory holding the objects (`XX/rest` files). Default: the `objects` directory
-    /// beside the image's directory (a store's `images/` and `objects/`), else beside the
-    /// image.
+    /// Directory holding the objects (`XX/rest` files). Default: the store's, for an image
+    /// from the store; for an image file, `objects/` beside the image's directory (a
+    /// store's `images/` and `objects/`), else beside the image.
     #[arg(long, value_name = "DIR")]
     pub objects: Option<PathBuf>,
     /// Directory of Merkle tree sidecars (`XX/rest`, the object's name). Default: `verity`
@@ -44,12 +79,12 @@ pub struct MountArgs {
     /// Refuse to mount unless the image file's fs-verity digest is this (`sha256:HEX`).
     #[arg(long, value_name = "DIGEST")]
     pub digest: Option<Digest>,
-    /// require: every external file must carry a digest; auto: verify files that carry
-    /// one; off: trust the object store.
-    #[arg(long, value_enum, default_value_t = VerityMode::Auto)]
+    /// How much to check (see above).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = VerityMode::Auto)]
     pub verity: VerityMode,
-    /// Bytes of verified blocks kept in memory (suffixes K, M, G).
-    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_size)]
+    /// Memory for verified blocks, so that reading them again costs no hashing
+    /// (units K, M, G, T). 0 turns the cache off: every read is checked again.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub cache_size: u64,
     /// FUSE request threads (default: number of CPUs, at least 2, at most 16).
     #[arg(long, value_name = "N")]
@@ -57,14 +92,16 @@ pub struct MountArgs {
     /// Stay in the foreground (logging to stderr) instead of returning once mounted.
     #[arg(short, long)]
     pub foreground: bool,
-    /// Mount options, comma separated: allow_other, allow_root, suid, dev (root only),
-    /// noexec, noatime, fsname=NAME, …; unknown ones are passed to the kernel.
+    /// Mount options, comma separated: allow_other, allow_root, nonempty, suid, dev (root
+    /// only), noexec, noatime, fsname=NAME, …; unknown ones are passed to the kernel.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
-    /// Where the daemon writes its log (default: nowhere once detached). Log level from
-    /// IMGMOUNT_LOG (error, warn, info, debug).
+    /// Where the daemon writes its log. Default: standard error with -f, else syslog (the
+    /// journal) once detached. Log level from IMGMOUNT_LOG (error, warn, info, debug).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Parses `123`, `64K`, `256M`, `2G` (powers of 1024).
@@ -95,6 +132,8 @@ struct Options {
     suid: bool,
     dev: bool,
     fsname: Option<String>,
+    /// Mount even over a directory that is not empty or is already a mount point.
+    nonempty: bool,
     /// Options passed on as they are (kernel flags and options).
     rest: Vec<String>,
 }
@@ -114,6 +153,7 @@ fn parse_options(list: &[String]) -> anyhow::Result<Options> {
             "nosuid" => o.suid = false,
             "nodev" => o.dev = false,
             "ro" | "default_permissions" => {} // always
+            "nonempty" => o.nonempty = true,
             "rw" => bail!("-o rw: images are read-only"),
             "auto_unmount" => {
                 bail!("-o auto_unmount is not supported: use `imgmount umount` or SIGTERM")
@@ -172,32 +212,27 @@ fn fusermount_options(o: &Options, fsname: &str) -> String {
     v.join(",")
 }
 
-fn default_objects(image: &Path) -> PathBuf {
-    let dir = image.parent().unwrap_or(Path::new("."));
-    let beside_dir = dir.parent().map(|p| p.join("objects"));
-    match beside_dir {
-        Some(p) if p.is_dir() => p,
-        _ => dir.join("objects"),
-    }
-}
-
-/// Opens the image; with a pinned digest, reads it whole and checks the bytes that will be
-/// used (so nothing can swap the file between the check and the use).
-pub fn open_image(path: &Path, pin: Option<&Digest>) -> anyhow::Result<Image> {
-    let Some(expected) = pin else {
-        return Image::open(path).with_context(|| format!("opening image {}", path.display()));
+/// Checks an image's bytes against a pinned digest. `known` is the digest they were
+/// already checked to have (a stored image's name), which spares hashing them again when
+/// the algorithms agree.
+fn check_pin(
+    path: &Path,
+    bytes: &[u8],
+    known: Option<&Digest>,
+    pin: &Digest,
+) -> anyhow::Result<()> {
+    let actual = match known {
+        Some(k) if k.alg() == pin.alg() => *k,
+        _ => verity::digest_bytes(pin.alg(), bytes),
     };
-    let bytes = std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
-    let actual = verity::digest_bytes(expected.alg(), &bytes);
-    if actual != *expected {
+    if actual != *pin {
         bail!(
-            "image {} has fs-verity digest {actual}, but --digest requires {expected}; refusing to mount",
+            "image {} has fs-verity digest {actual}, but --digest requires {pin}; refusing to mount",
             path.display()
         );
     }
-    Image::from_bytes(bytes).with_context(|| format!("opening image {}", path.display()))
+    Ok(())
 }
-
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     let opts = parse_options(&args.options)?;
     if (opts.suid || opts.dev) && !is_root() {
@@ -205,36 +240,44 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     }
     // A path that exists is an image file; anything else names an image in
     // (or a source to import into) the store, whose objects then serve it.
-    let (image_path, store_objects) = if Path::new(&args.image).is_file() {
-        (session::absolute(Path::new(&args.image))?, None)
-    } else {
-        let (store, path) = resolve_image(&args.store, &args.image)
-            .with_context(|| format!("finding image {:?}", args.image))?;
-        // The daemon changes directory to `/`: a relative --store must not follow it.
-        (
-            session::absolute(&path)?,
-            Some(session::absolute(store.objects_dir())?),
-        )
-    };
+    let found = find_image(&args.store, &args.image, &args.registry)?;
+    // The daemon changes directory to `/`: relative paths must not follow it.
+    let image_path = session::absolute(&found.path)?;
     let mountpoint = session::absolute(&args.mountpoint)?;
+    if !mountpoint.exists() {
+        bail!("mount point {} does not exist", mountpoint.display());
+    }
     if !mountpoint.is_dir() {
         bail!("mount point {} is not a directory", mountpoint.display());
     }
-    let objects_dir = match &args.objects {
-        Some(p) => session::absolute(p)?,
-        None => store_objects.unwrap_or_else(|| default_objects(&image_path)),
-    };
+    if !opts.nonempty {
+        check_mount_point(&mountpoint)?;
+    }
+    let objects_dir = session::absolute(args.objects.as_deref().unwrap_or(&found.objects))?;
     let sidecar_dir = match &args.verity_dir {
         Some(p) => session::absolute(p)?,
         None => crate::read::sidecar::Sidecars::default_dir(&objects_dir),
     };
-    let image = open_image(&image_path, args.digest.as_ref())?;
+    // Read whole (never mapped: a file truncated under the daemon must not fault it), a
+    // stored image checked against its name already; with a pinned digest, the bytes that
+    // will be used are checked (so nothing can swap the file between the check and the
+    // use). The daemon keeps these bytes.
+    let known = found.stored.as_ref().map(|s| s.digest);
+    let (_, bytes) = found.into_bytes()?;
+    if let Some(pin) = &args.digest {
+        check_pin(&image_path, &bytes, known.as_ref(), pin)?;
+    }
+    let image = Image::from_bytes(bytes)
+        .with_context(|| format!("opening image {}", image_path.display()))?;
+    session::raise_nofile_limit();
     let objects = Objects::new(ReadConfig {
         objects_dir,
         sidecar_dir,
         mode: args.verity,
         cache_bytes: args.cache_size,
         keep_open: 512,
+        verify_threads: 0,
+        open_files: session::open_file_budget(),
     });
     let fs = ImgFs::new(
         image,
@@ -243,7 +286,6 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
             passthrough: is_root() && args.verity != VerityMode::Off,
         },
     );
-    session::raise_nofile_limit();
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -268,7 +310,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
     } else {
         log::LevelFilter::Warn
     };
-    daemon::init_logger(level, LogStyle::Plain);
+    daemon_log::init(level, LogStyle::Plain);
 
     let ready = if args.foreground {
         None
@@ -285,6 +327,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         acl: opts.acl.unwrap_or(SessionACL::Owner),
         ready,
         log_target,
+        syslog_when_detached: true,
         on_signal: OnSignal::Unmount,
         read_ahead_kb: is_root().then_some(1024),
         clone_fd: true,

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use serde::Serialize;
 
 use super::store_path::StoreArg;
 
@@ -14,33 +15,67 @@ use super::store_path::StoreArg;
 #[command(verbatim_doc_comment)]
 pub struct RmArgs {
     /// Tags or digests.
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
     #[command(flatten)]
     pub store: StoreArg,
+    /// Print a JSON array with one object per IMAGE: the tags removed and the image
+    /// removed (null when it is still tagged).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one IMAGE argument removed.
+#[derive(Serialize)]
+struct Removed {
+    name: String,
+    untagged: Vec<String>,
+    removed: Option<String>,
 }
 
 pub fn run(args: RmArgs) -> Result<()> {
     let store = args.store.open()?;
+    let mut report = Vec::new();
     for spec in &args.images {
-        if let Some(digest) = store.read_ref(spec)? {
+        let done = if let Some(digest) = store.read_ref(spec)? {
             store.remove_ref(spec)?;
             let still_named = store.list_refs()?.iter().any(|(_, d)| *d == digest);
-            if still_named {
-                println!("untagged {spec}");
-            } else {
+            if !still_named {
                 store.remove_image(&digest)?;
-                println!("untagged {spec}, removed {digest}");
+            }
+            Removed {
+                name: spec.clone(),
+                untagged: vec![spec.clone()],
+                removed: (!still_named).then(|| digest.to_string()),
             }
         } else {
             let digest = store.resolve_digest(spec)?;
             let tags = store.remove_image(&digest)?;
-            if tags.is_empty() {
-                println!("removed {digest}");
-            } else {
-                println!("removed {digest} (tags {})", tags.join(", "));
+            Removed {
+                name: spec.clone(),
+                untagged: tags,
+                removed: Some(digest.to_string()),
             }
+        };
+        if !args.json {
+            // As each is done: the lines before a failing IMAGE are still printed.
+            println!("{}", done.line());
         }
+        report.push(done);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+impl Removed {
+    fn line(&self) -> String {
+        match (&self.removed, self.untagged.as_slice()) {
+            (None, _) => format!("untagged {}", self.name),
+            (Some(d), [tag]) if *tag == self.name => format!("untagged {tag}, removed {d}"),
+            (Some(d), []) => format!("removed {d}"),
+            (Some(d), tags) => format!("removed {d} (tags {})", tags.join(", ")),
+        }
+    }
 }

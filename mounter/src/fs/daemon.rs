@@ -13,13 +13,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::Context;
 use fuser::{Config, Session, SessionACL};
 
 use super::guard::Guarded;
-use super::{ImgFs, session, stats};
+use super::{ImgFs, daemon_log, session, stats};
 
 /// Which side of [`daemonize`] this is.
 pub enum Forked {
@@ -83,6 +82,9 @@ pub struct ServeOptions {
     pub ready: Option<File>,
     /// Where stderr goes once detached (None: /dev/null).
     pub log_target: Option<File>,
+    /// Once detached without a `log_target`, log to syslog instead (a daemon that runs
+    /// where a syslog or the journal listens).
+    pub syslog_when_detached: bool,
     pub on_signal: OnSignal,
     /// Set FUSE readahead on the mount's bdi (root only).
     pub read_ahead_kb: Option<u32>,
@@ -140,8 +142,6 @@ pub fn serve(
             return Err(e);
         }
     };
-    log::info!("mounted on {}", mountpoint.display());
-
     let mp = mountpoint.clone();
     let on_signal = opts.on_signal;
     std::thread::Builder::new()
@@ -151,8 +151,13 @@ pub fn serve(
 
     if let Some(mut tx) = opts.ready.take() {
         detach_stdio(opts.log_target.as_ref());
+        if opts.log_target.is_none() && opts.syslog_when_detached {
+            daemon_log::to_syslog();
+        }
         let _ = tx.write_all(b"ok");
     }
+    // Logged once detached, so that it goes where the daemon logs, not to the terminal.
+    log::info!("mounted on {}", mountpoint.display());
     let result = session.run().context("serving FUSE requests");
     log::info!(
         "unmounted {}: {}",
@@ -209,84 +214,4 @@ fn detach_stdio(log: Option<&File>) {
         libc::dup2(err_fd, 2);
     }
     let _ = std::env::set_current_dir("/");
-}
-
-/// How log records are written to stderr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogStyle {
-    /// `imgmount[PID]: level: message`
-    Plain,
-    /// The same with a syslog priority prefix (`<3>`), for stderr on /dev/kmsg: each record
-    /// is one write, so one kernel log record.
-    Kmsg,
-}
-
-/// A minimal logger to stderr (which is the log file once detached).
-struct StderrLog {
-    level: log::LevelFilter,
-    style: LogStyle,
-    lock: Mutex<()>,
-}
-
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        // fuser reports routine events at info; keep them out unless debugging.
-        let level = if m.target().starts_with("fuser") && self.level < log::LevelFilter::Debug {
-            log::LevelFilter::Warn
-        } else {
-            self.level
-        };
-        m.level() <= level
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if !self.enabled(r.metadata()) {
-            return;
-        }
-        // fuser warns of every request a filesystem leaves to its default answer (ENOSYS);
-        // those are expected, and on a root filesystem they would flood the console.
-        if r.target().starts_with("fuser")
-            && self.level < log::LevelFilter::Debug
-            && r.args().to_string().starts_with("[Not Implemented]")
-        {
-            return;
-        }
-        let prefix = match (self.style, r.level()) {
-            (LogStyle::Plain, _) => "",
-            (LogStyle::Kmsg, log::Level::Error) => "<3>",
-            (LogStyle::Kmsg, log::Level::Warn) => "<4>",
-            (LogStyle::Kmsg, log::Level::Info) => "<6>",
-            (LogStyle::Kmsg, _) => "<7>",
-        };
-        // One write per record: on /dev/kmsg each write is a record of its own.
-        let line = format!(
-            "{prefix}imgmount[{}]: {}: {}\n",
-            std::process::id(),
-            r.level().as_str().to_ascii_lowercase(),
-            r.args()
-        );
-        let _g = self.lock.lock();
-        let _ = std::io::stderr().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
-}
-
-/// Installs the logger. Level from IMGMOUNT_LOG (error, warn, info, debug), else `default`.
-pub fn init_logger(default: log::LevelFilter, style: LogStyle) {
-    let level = match std::env::var("IMGMOUNT_LOG").as_deref() {
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("info") => log::LevelFilter::Info,
-        Ok("warn") => log::LevelFilter::Warn,
-        Ok("error") => log::LevelFilter::Error,
-        _ => default,
-    };
-    let logger = Box::new(StderrLog {
-        level,
-        style,
-        lock: Mutex::new(()),
-    });
-    if log::set_logger(Box::leak(logger)).is_ok() {
-        log::set_max_level(level);
-    }
 }

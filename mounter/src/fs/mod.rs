@@ -13,6 +13,7 @@
 //! in [`stats::ServeStats`].
 
 pub mod daemon;
+pub mod daemon_log;
 pub mod guard;
 pub mod iomode;
 pub mod session;
@@ -62,6 +63,8 @@ pub struct ImgFs {
     objects: Objects,
     inos: InoMap,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// Paths in the image of inodes whose reads failed, for the log (see `describe`).
+    failed_paths: Mutex<HashMap<u64, String>>,
     io_modes: iomode::IoModes<BackingId>,
     next_fh: AtomicU64,
     opts: FsOptions,
@@ -83,6 +86,7 @@ impl ImgFs {
             image,
             objects,
             handles: Mutex::new(HashMap::new()),
+            failed_paths: Mutex::new(HashMap::new()),
             io_modes: iomode::IoModes::default(),
             next_fh: AtomicU64::new(1),
             opts,
@@ -100,6 +104,25 @@ impl ImgFs {
         self.image
             .inode(self.inos.nid(ino))
             .map_err(|e| image_err("inode", e))
+    }
+
+    /// The inode's path in the image, for a message about a refused open or read: the
+    /// user knows the file, not its object. Found by walking the image, so remembered.
+    fn describe(&self, nid: u64) -> String {
+        /// Enough for the files a damaged store fails at, small enough to bound memory.
+        const REMEMBERED: usize = 1024;
+        let mut known = self.failed_paths.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(path) = known.get(&nid) {
+            return path.clone();
+        }
+        let path = match self.image.path_of(nid) {
+            Ok(Some(p)) => String::from_utf8_lossy(&p).into_owned(),
+            _ => format!("inode {nid}"),
+        };
+        if known.len() < REMEMBERED {
+            known.insert(nid, path.clone());
+        }
+        path
     }
 
     fn is_root(&self, ino: INodeNo) -> bool {
@@ -123,7 +146,9 @@ impl ImgFs {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, Errno> {
+    /// The attributes of `name` in the directory `parent`, or `None` if there is no such
+    /// entry: what a FUSE LOOKUP answers (public for benchmarks).
+    pub fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<Option<FileAttr>, Errno> {
         guard::debug_panic_on_lookup(name.as_bytes());
         let dir = self.inode(parent)?;
         if !dir.is_dir() {
@@ -144,6 +169,11 @@ impl ImgFs {
             return Ok(None);
         }
         Ok(Some(view::attr(&inode, self.inos.ino(e.nid))))
+    }
+
+    /// The attributes of inode `ino`: what a FUSE GETATTR answers (public for benchmarks).
+    pub fn do_getattr(&self, ino: INodeNo) -> Result<FileAttr, Errno> {
+        Ok(view::attr(&self.inode(ino)?, ino))
     }
 
     /// Opens a file: external files get a handle holding their object (registered for
@@ -178,14 +208,22 @@ impl ImgFs {
             .objects
             .open(redirect, digest, inode.size())
             .map_err(|e| {
-                log::error!("open of inode {}: {e}", inode.nid);
+                log::error!("refused to open {}: {e}", self.describe(inode.nid));
                 Errno::EIO
             })?;
-        let (mode, err) =
-            self.io_modes
-                .open(ino.0, self.passthrough && obj.kernel_checked(), || {
-                    reply.open_backing(obj.file())
-                });
+        let want_passthrough = self.passthrough && obj.kernel_checked();
+        let file = if want_passthrough {
+            Some(self.objects.file(&obj).map_err(|e| {
+                log::error!("refused to open {}: {e}", self.describe(inode.nid));
+                Errno::EIO
+            })?)
+        } else {
+            None
+        };
+        let (mode, err) = self.io_modes.open(ino.0, want_passthrough, || match &file {
+            Some(f) => reply.open_backing(&**f),
+            None => Err(std::io::Error::other("no backing file")),
+        });
         if let Some(e) = err {
             log::debug!("passthrough not available ({e}); reading in user space");
         }
@@ -219,11 +257,11 @@ impl ImgFs {
                 Some(h) => h.obj.clone(),
                 None => return Err(Errno::EBADF),
             };
-            // Verification failures are logged where they are found, with object and offset.
-            return self
-                .objects
-                .read(&obj, offset, size, out)
-                .map_err(|_| Errno::EIO);
+            // The error names the object and the offset; the log adds the file's path.
+            return self.objects.read(&obj, offset, size, out).map_err(|e| {
+                log::error!("refused to read {}: {e}", self.describe(self.inos.nid(ino)));
+                Errno::EIO
+            });
         }
         let inode = self.inode(ino)?;
         let len = inode.size().saturating_sub(offset).min(u64::from(size)) as usize;
@@ -310,8 +348,8 @@ impl Filesystem for ImgFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(ino) {
-            Ok(inode) => reply.attr(&TTL, &view::attr(&inode, ino)),
+        match self.do_getattr(ino) {
+            Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -325,7 +363,7 @@ impl Filesystem for ImgFs {
             return reply.error(Errno::EINVAL);
         }
         match self.image.read_link(&inode) {
-            Ok(target) => reply.data(target),
+            Ok(target) => reply.data(&target),
             Err(e) => reply.error(image_err("readlink", e)),
         }
     }

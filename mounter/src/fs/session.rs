@@ -318,6 +318,22 @@ fn find_mount_where(
     found
 }
 
+/// How many object files the daemon may keep open: half of what the (raised) descriptor
+/// limit leaves after a margin for FUSE, logs and sidecars.
+pub fn open_file_budget() -> usize {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    };
+    (limit.saturating_sub(256) / 2).clamp(16, 1 << 16) as usize
+}
+
 #[cfg(test)]
 fn find_mount_type(info: &[u8], mountpoint: &[u8]) -> Option<String> {
     find_mount(info, mountpoint).map(|m| m.fstype)

@@ -127,7 +127,7 @@ impl BlockCache {
 
     /// Number of cached entries.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).lru.len())

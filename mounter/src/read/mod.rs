@@ -13,7 +13,10 @@
 //! and offset; the object stays open and its other blocks keep being served.
 
 pub mod cache;
+pub mod cores;
+pub mod fds;
 pub mod kernel;
+pub mod parallel;
 pub mod sidecar;
 
 use std::collections::HashMap;
@@ -22,16 +25,19 @@ use std::io;
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use imgmount_format::composefs::redirect_object_path;
+use imgmount_format::store::fsops::{Dir, Expect};
 use imgmount_format::verity::{BLOCK_SIZE, Digest, MerkleTree};
 use lru::LruCache;
 
 use cache::{BlockCache, SEGMENT};
+use fds::FdPool;
 use kernel::{Measured, Strategy};
+use parallel::ParallelVerifier;
 use sidecar::Sidecars;
 
 /// How much checking `--verity` asks for.
@@ -84,23 +90,31 @@ pub struct ReadConfig {
     pub mode: VerityMode,
     /// Bound of the verified-block cache, in bytes.
     pub cache_bytes: u64,
-    /// How many opened objects (file and tree) are kept after their last close.
+    /// How many opened objects (their trees) are kept after their last close.
     pub keep_open: usize,
+    /// Cores one large read may be verified on (0: all of them, 1: only the FUSE thread
+    /// serving it); see [`parallel`].
+    pub verify_threads: usize,
+    /// How many object files are kept open at once; beyond that the least recently read
+    /// are closed, and opened (and checked) again when next read.
+    pub open_files: usize,
 }
 
 /// How one open object's reads are checked.
 enum Check {
-    /// The kernel's fs-verity does it.
-    Kernel,
+    /// The kernel's fs-verity does it (measured equal to this digest).
+    Kernel(Digest),
     Tree(Box<MerkleTree>),
     None,
 }
 
-/// An opened object: the file, its size as the image gives it, and how reads are checked.
+/// An opened object: where its file is, its size as the image gives it, and how reads are
+/// checked. The file itself is in the [`FdPool`] (see [`Objects::file`]).
 pub struct Object {
     /// Cache-wide id, stable for the life of the mount for a given object.
     id: u64,
-    file: File,
+    /// The object file, relative to the objects directory.
+    rel: PathBuf,
     size: u64,
     /// For log lines: the redirect path.
     name: String,
@@ -108,14 +122,10 @@ pub struct Object {
 }
 
 impl Object {
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     /// True when the kernel verifies reads (fs-verity) or nothing needs verifying, so the
     /// file may be handed to the kernel for passthrough reads.
     pub fn kernel_checked(&self) -> bool {
-        matches!(self.check, Check::Kernel)
+        matches!(self.check, Check::Kernel(_))
     }
 
     #[cfg(test)]
@@ -134,8 +144,12 @@ enum ObjectKey {
 /// The object store as seen by a mount: opens objects and serves verified reads.
 pub struct Objects {
     cfg: ReadConfig,
+    /// The objects directory, opened once (retried while it cannot be).
+    dir: OnceLock<Dir>,
+    fds: FdPool,
     sidecars: Sidecars,
     blocks: BlockCache,
+    verifier: ParallelVerifier,
     /// Recently opened objects, so reopening a file costs neither an open nor a tree load.
     recent: Mutex<LruCache<ObjectKey, Arc<Object>>>,
     ids: Mutex<HashMap<ObjectKey, u64>>,
@@ -145,9 +159,16 @@ pub struct Objects {
 impl Objects {
     pub fn new(cfg: ReadConfig) -> Self {
         let keep = NonZeroUsize::new(cfg.keep_open).unwrap_or(NonZeroUsize::MIN);
+        let dir = OnceLock::new();
+        if let Ok(d) = Dir::open(&cfg.objects_dir) {
+            let _ = dir.set(d);
+        }
         Objects {
+            dir,
+            fds: FdPool::new(cfg.open_files),
             sidecars: Sidecars::new(cfg.sidecar_dir.clone()),
             blocks: BlockCache::new(cfg.cache_bytes, SEGMENT),
+            verifier: ParallelVerifier::new(cfg.verify_threads),
             recent: Mutex::new(LruCache::new(keep)),
             ids: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -162,11 +183,29 @@ impl Objects {
 
     /// The object file a redirect names, refusing anything that could leave the store
     /// (`..`, empty components); the image is not trusted to name paths.
+    #[cfg(test)]
     pub fn object_path(&self, redirect: &[u8]) -> Result<PathBuf, ReadError> {
-        let rel = redirect_object_path(redirect).ok_or_else(|| {
-            ReadError::BadRedirect(String::from_utf8_lossy(redirect).into_owned())
-        })?;
-        Ok(self.cfg.objects_dir.join(rel))
+        Ok(self.cfg.objects_dir.join(object_rel(redirect)?))
+    }
+
+    /// The objects directory, opened.
+    fn objects_dir(&self) -> io::Result<&Dir> {
+        if let Some(d) = self.dir.get() {
+            return Ok(d);
+        }
+        let d = Dir::open(&self.cfg.objects_dir)?;
+        Ok(self.dir.get_or_init(|| d))
+    }
+
+    /// Opens an object file for `obj`-to-be of `size` bytes: never through a symlink, never
+    /// blocking, and only a regular file of exactly that size.
+    fn open_object_file(&self, rel: &Path, size: u64, name: &str) -> Result<File, ReadError> {
+        self.objects_dir()
+            .and_then(|d| d.open_file(rel, Expect::Size(size)))
+            .map_err(|source| ReadError::Open {
+                name: name.to_owned(),
+                source,
+            })
     }
 
     /// Opens the object for an external file of `size` bytes.
@@ -186,11 +225,8 @@ impl Objects {
             return Ok(obj.clone());
         }
         let name = String::from_utf8_lossy(redirect).into_owned();
-        let path = self.object_path(redirect)?;
-        let file = File::open(&path).map_err(|source| ReadError::Open {
-            name: name.clone(),
-            source,
-        })?;
+        let rel = object_rel(redirect)?.to_owned();
+        let file = self.open_object_file(&rel, size, &name)?;
         let measured = if kernel::needs_measure(self.cfg.mode, digest.as_ref()) {
             kernel::measure(&file)
         } else {
@@ -203,7 +239,10 @@ impl Objects {
             }
         })?;
         let check = match strategy {
-            Strategy::Kernel => Check::Kernel,
+            Strategy::Kernel => match digest {
+                Some(d) => Check::Kernel(d),
+                None => Check::None,
+            },
             Strategy::Unverified => Check::None,
             Strategy::UserTree(expected) => Check::Tree(Box::new(
                 self.sidecars
@@ -216,13 +255,37 @@ impl Objects {
         };
         let obj = Arc::new(Object {
             id: self.id_for(&key),
-            file,
+            rel,
             size,
             name,
             check,
         });
+        self.fds.put(obj.id, Arc::new(file));
         self.lock_recent().put(key, obj.clone());
         Ok(obj)
+    }
+
+    /// The open file of an object: kept in the [`FdPool`], or opened again if the pool
+    /// closed it (a regular file of the object's size; with kernel verity, measured again).
+    pub fn file(&self, obj: &Object) -> Result<Arc<File>, ReadError> {
+        if let Some(f) = self.fds.get(obj.id) {
+            return Ok(f);
+        }
+        let file = self.open_object_file(&obj.rel, obj.size, &obj.name)?;
+        if let Check::Kernel(expected) = &obj.check {
+            let measured = kernel::measure(&file);
+            if measured != Measured::Enabled(*expected) {
+                return Err(ReadError::Open {
+                    name: obj.name.clone(),
+                    source: io::Error::other(
+                        "reopened, it no longer has the kernel fs-verity digest it had",
+                    ),
+                });
+            }
+        }
+        let file = Arc::new(file);
+        self.fds.put(obj.id, file.clone());
+        Ok(file)
     }
 
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, LruCache<ObjectKey, Arc<Object>>> {
@@ -250,9 +313,10 @@ impl Objects {
             return Ok(());
         }
         match &obj.check {
-            Check::Kernel | Check::None => {
+            Check::Kernel(_) | Check::None => {
+                let file = self.file(obj)?;
                 let at = out.len();
-                let n = read_appending(&obj.file, out, (end - offset) as usize, offset).map_err(
+                let n = read_appending(&file, out, (end - offset) as usize, offset).map_err(
                     |source| ReadError::Io {
                         name: obj.name.clone(),
                         offset,
@@ -277,24 +341,32 @@ impl Objects {
         out: &mut Vec<u8>,
     ) -> Result<(), ReadError> {
         let seg = SEGMENT as u64;
+        // Whole segments not in the cache, consecutive, not yet read: `start..stop`.
+        let mut run: Option<(u64, u64)> = None;
         for s in offset / seg..end.div_ceil(seg) {
             let start = s * seg;
             let stop = (start + seg).min(obj.size);
             let a = (offset.max(start) - start) as usize;
             let b = (end.min(stop) - start) as usize;
-            if let Some(d) = self.blocks.get(&(obj.id, s))
-                && d.len() as u64 == stop - start
-            {
-                out.extend_from_slice(&d[a..b]);
-                continue;
-            }
-            if a == 0 && b as u64 == stop - start {
-                // The request wants the whole segment: read it straight into the reply and
-                // verify it there. It is not cached: the kernel keeps it in the page cache
+            let cached = self
+                .blocks
+                .get(&(obj.id, s))
+                .filter(|d| d.len() as u64 == stop - start);
+            if cached.is_none() && a == 0 && b as u64 == stop - start {
+                // The request wants the whole segment: it joins the run read straight into
+                // the reply and verified there, with one pread and, when the run is large,
+                // on several cores. It is not cached: the kernel keeps it in the page cache
                 // (FOPEN_KEEP_CACHE), so a sequential read never asks for it again, and
                 // copying every segment of a large read into the cache (evicting others)
                 // costs more than hashing the rare segment asked for twice.
-                self.read_segment_into(obj, tree, start, stop, out)?;
+                run = Some((run.map_or(start, |(from, _)| from), stop));
+                continue;
+            }
+            if let Some((from, to)) = run.take() {
+                self.read_run_into(obj, tree, from, to, out)?;
+            }
+            if let Some(d) = cached {
+                out.extend_from_slice(&d[a..b]);
                 continue;
             }
             let (data, bad) = self.read_segment(obj, tree, s, start, stop)?;
@@ -320,12 +392,15 @@ impl Objects {
             out.extend_from_slice(&data[a..b]);
             self.blocks.recycle(&(obj.id, s), data);
         }
+        if let Some((from, to)) = run {
+            self.read_run_into(obj, tree, from, to, out)?;
+        }
         Ok(())
     }
 
-    /// Appends `start..stop` (one whole segment) to `out`, read and verified there; on a
+    /// Appends `start..stop` (whole segments) to `out`, read and verified there; on a
     /// failed block (logged with object and offset) `out` is left as it was.
-    fn read_segment_into(
+    fn read_run_into(
         &self,
         obj: &Object,
         tree: &MerkleTree,
@@ -335,27 +410,28 @@ impl Objects {
     ) -> Result<(), ReadError> {
         let bs = BLOCK_SIZE as u64;
         let at = out.len();
-        read_appending(&obj.file, out, (stop - start) as usize, start).map_err(|source| {
+        let file = self.file(obj)?;
+        read_appending(&file, out, (stop - start) as usize, start).map_err(|source| {
             ReadError::Io {
                 name: obj.name.clone(),
                 offset: start,
                 source,
             }
         })?;
-        for (i, data) in out[at..].chunks(BLOCK_SIZE).enumerate() {
-            let block = start / bs + i as u64;
-            if let Err(source) = tree.verify_data_block(block, data) {
-                let err = ReadError::Verify {
-                    name: obj.name.clone(),
-                    offset: block * bs,
-                    source,
-                };
-                log::error!("{err}");
-                out.truncate(at);
-                return Err(err);
-            }
-        }
-        Ok(())
+        let Err(source) = self.verifier.verify(tree, start / bs, &out[at..]) else {
+            return Ok(());
+        };
+        // Name the exact block that is bad, as block-by-block checking finds it.
+        let err = bad_blocks(obj, tree, start, &out[at..]).next().map_or_else(
+            || ReadError::Verify {
+                name: obj.name.clone(),
+                offset: start,
+                source,
+            },
+            |(_, err)| err,
+        );
+        out.truncate(at);
+        Err(err)
     }
 
     /// Reads `start..stop` (segment `seg`) and verifies each of its blocks; returns the data
@@ -371,7 +447,8 @@ impl Objects {
         let bs = BLOCK_SIZE as u64;
         // A recycled buffer: every byte of it is overwritten below.
         let mut buf = self.blocks.buffer(&(obj.id, seg), (stop - start) as usize);
-        let n = read_full_at(&obj.file, &mut buf, start).map_err(|source| ReadError::Io {
+        let file = self.file(obj)?;
+        let n = read_full_at(&file, &mut buf, start).map_err(|source| ReadError::Io {
             name: obj.name.clone(),
             offset: start,
             source,
@@ -380,22 +457,46 @@ impl Objects {
         // hashes right only if zeros are the right bytes.
         buf[n..].fill(0);
         let mut bad = 0u16;
-        for (i, data) in buf.chunks(BLOCK_SIZE).enumerate() {
-            let block = start / bs + i as u64;
-            if let Err(source) = tree.verify_data_block(block, data) {
-                log::error!(
-                    "{}",
-                    ReadError::Verify {
-                        name: obj.name.clone(),
-                        offset: block * bs,
-                        source,
-                    }
-                );
+        if self.verifier.verify(tree, start / bs, &buf).is_err() {
+            for (i, _) in bad_blocks(obj, tree, start, &buf) {
                 bad |= 1 << i;
             }
         }
         Ok((buf, bad))
     }
+}
+
+/// The blocks of `data` (read at `start`) that fail verification one by one, each logged
+/// with the object and its offset, with their index in `data`. This is the slow path, taken
+/// only once a run of blocks has failed, to say exactly which blocks are bad.
+fn bad_blocks<'a>(
+    obj: &'a Object,
+    tree: &'a MerkleTree,
+    start: u64,
+    data: &'a [u8],
+) -> impl Iterator<Item = (usize, ReadError)> + 'a {
+    let bs = BLOCK_SIZE as u64;
+    data.chunks(BLOCK_SIZE)
+        .enumerate()
+        .filter_map(move |(i, block_data)| {
+            let block = start / bs + i as u64;
+            let source = tree.verify_data_block(block, block_data).err()?;
+            let err = ReadError::Verify {
+                name: obj.name.clone(),
+                offset: block * bs,
+                source,
+            };
+            // The filesystem logs the refusal with the file's path; this is detail.
+            log::debug!("{err}");
+            Some((i, err))
+        })
+}
+
+/// The object file a redirect names, relative to the objects directory (see
+/// [`Objects::object_path`]).
+fn object_rel(redirect: &[u8]) -> Result<&Path, ReadError> {
+    redirect_object_path(redirect)
+        .ok_or_else(|| ReadError::BadRedirect(String::from_utf8_lossy(redirect).into_owned()))
 }
 
 /// Appends `len` bytes read at `offset` to `out`, without zeroing the space first: `pread`
@@ -480,6 +581,8 @@ mod tests {
             mode,
             cache_bytes: 1 << 20,
             keep_open: 4,
+            verify_threads: 2,
+            open_files: 64,
         });
         Fixture {
             _dir: dir,
@@ -489,6 +592,17 @@ mod tests {
             redirect: format!("/{rel}").into_bytes(),
             path,
         }
+    }
+
+    /// Builds the object's sidecar (as a previous mount would have), replaces its content
+    /// with `bad`, and opens it again through a fresh read path.
+    fn tampered(f: &Fixture, bad: &[u8]) -> (Objects, Arc<Object>) {
+        let size = f.data.len() as u64;
+        drop(f.objects.open(&f.redirect, Some(f.digest), size).unwrap());
+        fs::write(&f.path, bad).unwrap();
+        let fresh = Objects::new(f.objects.cfg.clone());
+        let obj = fresh.open(&f.redirect, Some(f.digest), size).unwrap();
+        (fresh, obj)
     }
 
     fn read(f: &Fixture, obj: &Object, off: u64, len: u32) -> Result<Vec<u8>, ReadError> {
@@ -522,19 +636,9 @@ mod tests {
     #[test]
     fn corrupt_block_fails_alone() {
         let f = fixture(VerityMode::Auto, 300_000);
-        // Build the sidecar first, as a previous mount would have.
-        drop(
-            f.objects
-                .open(&f.redirect, Some(f.digest), f.data.len() as u64)
-                .unwrap(),
-        );
         let mut bad = f.data.clone();
         bad[5 * 4096 + 7] ^= 0x10;
-        fs::write(&f.path, &bad).unwrap();
-        let fresh = Objects::new(f.objects.cfg.clone());
-        let obj = fresh
-            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
-            .unwrap();
+        let (fresh, obj) = tampered(&f, &bad);
         let err = read_with(&fresh, &obj, 5 * 4096, 10).unwrap_err();
         assert!(matches!(err, ReadError::Verify { offset, .. } if offset == 5 * 4096));
         assert!(read_with(&fresh, &obj, 4 * 4096, 8192 * 2).is_err());
@@ -551,21 +655,22 @@ mod tests {
     #[test]
     fn whole_segment_reads_are_verified() {
         let f = fixture(VerityMode::Require, 300_000);
-        drop(
-            f.objects
-                .open(&f.redirect, Some(f.digest), f.data.len() as u64)
-                .unwrap(),
-        );
         let seg = SEGMENT as u64;
         let mut bad = f.data.clone();
         bad[(seg + 3 * 4096 + 100) as usize] ^= 0x01;
-        // The object is also cut short: its last segment is missing its final bytes.
+        // The object is also cut short: its last segment is missing its final bytes. A short
+        // object is refused at open; cut short after the open, its reads are still checked.
         bad.truncate(f.data.len() - 10);
-        fs::write(&f.path, &bad).unwrap();
         let fresh = Objects::new(f.objects.cfg.clone());
         let obj = fresh
             .open(&f.redirect, Some(f.digest), f.data.len() as u64)
             .unwrap();
+        fs::write(&f.path, &bad).unwrap();
+        let err = Objects::new(f.objects.cfg.clone())
+            .open(&f.redirect, Some(f.digest), f.data.len() as u64)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("expected 300000"), "{err}");
         // Whole segments, as readahead asks for them.
         assert_eq!(
             read_with(&fresh, &obj, 0, SEGMENT as u32).unwrap(),
@@ -590,6 +695,36 @@ mod tests {
         assert_eq!(
             read_with(&fresh, &obj, 4 * seg, 4096).unwrap(),
             &f.data[4 * SEGMENT..4 * SEGMENT + 4096]
+        );
+    }
+
+    #[test]
+    fn large_reads_split_between_cores_fail_at_the_bad_block() {
+        let f = fixture(VerityMode::Require, 3 << 20);
+        let bad_at = (1 << 20) + (700 << 10) + 5;
+        let mut bad = f.data.clone();
+        bad[bad_at] ^= 0x08;
+        let (fresh, obj) = tampered(&f, &bad);
+        // 1 MiB requests, as the kernel sends them: each split between two threads.
+        assert_eq!(
+            read_with(&fresh, &obj, 0, 1 << 20).unwrap(),
+            &f.data[..1 << 20]
+        );
+        let err = read_with(&fresh, &obj, 1 << 20, 1 << 20).unwrap_err();
+        let block_start = (bad_at / 4096 * 4096) as u64;
+        assert!(
+            matches!(err, ReadError::Verify { offset, .. } if offset == block_start),
+            "{err}"
+        );
+        assert_eq!(
+            read_with(&fresh, &obj, 2 << 20, 1 << 20).unwrap(),
+            &f.data[2 << 20..]
+        );
+        // A request starting mid-segment: the partial head segment, then a run.
+        assert!(read_with(&fresh, &obj, (1 << 20) + 100, 1 << 20).is_err());
+        assert_eq!(
+            read_with(&fresh, &obj, 100, 1 << 20).unwrap(),
+            &f.data[100..(1 << 20) + 100]
         );
     }
 
@@ -655,5 +790,52 @@ mod tests {
             f.objects.open(&f.redirect, Some(f.digest), 10),
             Err(ReadError::Open { .. })
         ));
+    }
+
+    /// More open objects than the descriptor budget: every one still reads right (closed
+    /// descriptors are reopened), and no more than the budget stay open.
+    #[test]
+    fn open_objects_beyond_the_descriptor_budget_still_read() {
+        let f = fixture(VerityMode::Require, 10);
+        let objects = Objects::new(ReadConfig {
+            open_files: 16,
+            keep_open: 1,
+            ..f.objects.cfg.clone()
+        });
+        let mut held = Vec::new();
+        for i in 0..200u32 {
+            let data: Vec<u8> = (0..9000u32).map(|j| ((i * 7 + j) % 251) as u8).collect();
+            let digest = digest_bytes(HashAlg::Sha256, &data);
+            let path = f.objects.cfg.objects_dir.join(digest.object_path());
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, &data).unwrap();
+            let redirect = format!("/{}", digest.object_path()).into_bytes();
+            let obj = objects.open(&redirect, Some(digest), 9000).unwrap();
+            held.push((obj, data));
+        }
+        assert!(objects.fds.len() <= 16, "{}", objects.fds.len());
+        for (obj, data) in held.iter().rev() {
+            assert_eq!(read_with(&objects, obj, 0, 9000).unwrap(), *data);
+        }
+        assert!(objects.fds.len() <= 16);
+    }
+
+    /// Something other than a regular file where the object should be: refused at once.
+    #[test]
+    fn fifos_symlinks_and_devices_are_refused() {
+        let f = fixture(VerityMode::Auto, 10);
+        let c = std::ffi::CString::new(f.path.as_os_str().as_encoded_bytes()).unwrap();
+        for plant in 0..3 {
+            fs::remove_file(&f.path).unwrap();
+            match plant {
+                // SAFETY: a valid NUL-terminated path.
+                0 => assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0),
+                1 => std::os::unix::fs::symlink("/dev/zero", &f.path).unwrap(),
+                _ => std::os::unix::fs::symlink("/etc/passwd", &f.path).unwrap(),
+            }
+            let fresh = Objects::new(f.objects.cfg.clone());
+            let err = fresh.open(&f.redirect, Some(f.digest), 10).err().unwrap();
+            assert!(matches!(err, ReadError::Open { .. }), "{err}");
+        }
     }
 }

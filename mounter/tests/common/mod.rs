@@ -239,6 +239,18 @@ impl Drop for KernelMount {
     }
 }
 
+/// The stdout of a run of imgmount `args` that must have succeeded (else the test fails,
+/// showing the exit status and stderr).
+pub fn success_stdout(args: &[&str], out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "imgmount {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn run(cmd: &str, args: &[&str], paths: &[&Path]) {
     let out = Command::new(cmd).args(args).args(paths).output().unwrap();
     assert!(
@@ -379,6 +391,22 @@ pub fn pread(p: &Path, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
     }
     buf.truncate(done);
     Ok(buf)
+}
+
+/// A root filesystem tar of regular files (parents implied), mode 0644, owned by root.
+pub fn rootfs_tar<N: AsRef<str>>(path: &Path, files: &[(N, Vec<u8>)]) {
+    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
+    for (name, data) in files {
+        let name = name.as_ref();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
 }
 
 /// Deterministic pseudo-random bytes.

@@ -180,8 +180,33 @@ impl Image {
     /// link to a directory) is an error, so a hostile image cannot make this run forever;
     /// so is a total number of dirents larger than the image could honestly hold.
     pub fn walk(&self) -> Result<Vec<(Vec<u8>, u64)>, ImageError> {
+        let mut out = Vec::new();
+        self.walk_until(|path, nid| {
+            out.push((path.to_vec(), nid));
+            false
+        })?;
+        Ok(out)
+    }
+
+    /// The first path that reaches `nid` in [`Image::walk`]'s order, for messages about
+    /// it; `None` when no directory names it.
+    pub fn path_of(&self, nid: u64) -> Result<Option<Vec<u8>>, ImageError> {
+        let mut found = None;
+        self.walk_until(|path, n| {
+            if n == nid {
+                found = Some(path.to_vec());
+            }
+            found.is_some()
+        })?;
+        Ok(found)
+    }
+
+    /// [`Image::walk`], calling `visit` with each path and nid until it returns true.
+    pub fn walk_until(&self, mut visit: impl FnMut(&[u8], u64) -> bool) -> Result<(), ImageError> {
         let root = self.root()?;
-        let mut out = vec![(b"/".to_vec(), root.nid)];
+        if visit(b"/", root.nid) {
+            return Ok(());
+        }
         let mut seen = HashSet::from([root.nid]);
         let mut queue = VecDeque::from([(b"/".to_vec(), root)]);
         // Every dirent takes 12 bytes plus a name in an honest image.
@@ -220,13 +245,15 @@ impl Image {
                     }
                     continue;
                 }
-                out.push((child_path.clone(), entry.nid));
+                if visit(&child_path, entry.nid) {
+                    return Ok(());
+                }
                 if child.is_dir() {
                     queue.push_back((child_path, child));
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

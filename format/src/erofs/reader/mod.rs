@@ -11,6 +11,7 @@
 //! bloom filter. Refused with an error: other block sizes, compression, device tables,
 //! long xattr prefixes and every other incompat feature.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -145,18 +146,25 @@ impl std::fmt::Debug for Image {
 }
 
 impl Image {
-    /// Maps the image file read-only and validates its superblock.
+    /// Maps the image file read-only and validates its superblock. Only a regular file is
+    /// accepted (a FIFO or device is refused at once, never waited on).
+    ///
+    /// For long-lived readers of files others may change (a mount daemon), read the file
+    /// whole and use [`Image::from_bytes`] instead: a mapping of a file truncated later
+    /// faults.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         let io = |source| ImageError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
+        let file: File = crate::store::fsops::open_regular(path, crate::store::fsops::Expect::Any)
+            .map_err(io)?;
         // SAFETY: the file is opened read-only and mapped privately; images are immutable
         // once written (content-addressed), so nothing we hold a reference into changes.
         // The remaining risk is another process truncating the file under us, which turns
         // reads past the new end into SIGBUS; that cannot be prevented by an unprivileged
         // reader of a file it does not own, and stores never truncate images in place.
+        // (The mount, extract and store paths read images whole for that reason.)
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         Self::with_bytes(Bytes::Mmap(map))
     }
@@ -445,12 +453,14 @@ impl Image {
         Ok(want)
     }
 
-    /// The whole content of a symlink (its target) or of a small file whose data is stored
-    /// contiguously in the image (inline, or flat plain), borrowed from the image.
+    /// The whole content of a symlink (its target) or of a small file, borrowed from the
+    /// image when it is stored in one piece (a tail after the inode, or flat plain blocks)
+    /// and copied together when it is not (full blocks followed by a tail, which is how
+    /// composefs stores an inline file of more than one block).
     /// Symlink targets longer than [`MAX_SYMLINK_LEN`] and other contents longer than
-    /// [`MAX_SMALL_FILE_LEN`] are refused, as are contents split between blocks and a tail
-    /// or held in chunks.
-    pub fn read_link<'a>(&'a self, inode: &Inode<'a>) -> Result<&'a [u8], ImageError> {
+    /// [`MAX_SMALL_FILE_LEN`] are refused, as are contents held in chunks (the object
+    /// store's, not the image's).
+    pub fn read_link<'a>(&'a self, inode: &Inode<'a>) -> Result<Cow<'a, [u8]>, ImageError> {
         let size = inode.size();
         let bound = if inode.file_type() == FileType::Symlink {
             MAX_SYMLINK_LEN
@@ -464,17 +474,27 @@ impl Image {
             ));
         }
         if size == 0 {
-            return Ok(&[]);
+            return Ok(Cow::Borrowed(&[]));
         }
         match inode.layout {
-            DataLayout::FlatInline if size <= BLOCK => self.inline_data(inode),
+            DataLayout::FlatInline if size <= BLOCK => self.inline_data(inode).map(Cow::Borrowed),
+            DataLayout::FlatInline => {
+                // Bounded above, so this allocation is at most MAX_SMALL_FILE_LEN.
+                let mut data = vec![0u8; size as usize];
+                let n = self.read_at(inode, 0, &mut data)?;
+                if n != data.len() {
+                    return Err(corrupt(inode.nid, "data shorter than the inode's size"));
+                }
+                Ok(Cow::Owned(data))
+            }
             DataLayout::FlatPlain => u64::from(inode.header.i_u)
                 .checked_mul(BLOCK)
                 .and_then(|pos| self.slice(pos, size))
+                .map(Cow::Borrowed)
                 .ok_or_else(|| corrupt(inode.nid, "data lies outside the image")),
             _ => Err(unsupported(
                 inode.nid,
-                "reading whole content that is not stored contiguously",
+                "reading whole content that is not stored in the image",
             )),
         }
     }

@@ -196,6 +196,9 @@ fn lookup_and_readdir_across_blocks_with_meta_blkaddr() {
         walk,
         vec![(b"/".to_vec(), 0), (b"/name-00000".to_vec(), 100)]
     );
+    assert_eq!(img.path_of(100).unwrap().unwrap(), b"/name-00000");
+    assert_eq!(img.path_of(0).unwrap().unwrap(), b"/");
+    assert_eq!(img.path_of(7).unwrap(), None);
 }
 
 #[test]
@@ -435,7 +438,7 @@ fn xattrs_shared_inline_and_bloom_filter() {
     assert_eq!(img.get_xattr(&ino, b"user.b").unwrap(), None);
     assert_eq!(img.metacopy(&ino).unwrap(), Some(None));
     assert_eq!(img.redirect(&ino).unwrap(), None);
-    assert_eq!(img.read_link(&ino).unwrap(), b"target");
+    assert_eq!(&*img.read_link(&ino).unwrap(), b"target");
 
     // The filter is consulted: mark "user.a" absent and the lookup says so, unless the
     // superblock's reserved byte disables filters.
