@@ -113,6 +113,14 @@ pub fn run(args: SetupRootArgs) -> Result<()> {
         println!("state:          {}", layout.state_dir.display());
         println!("image:          {}", cfg.image);
         println!("pinned digest:  {}", cfg.pin);
+        println!(
+            "deployments:    {}",
+            if cfg.deployments {
+                "the store's deployment state may choose another image (see imgmount status)"
+            } else {
+                "ignored (imgmount.deployments=off)"
+            }
+        );
         let etc = match cfg.etc {
             EtcMode::Overlay => "overlay, changes kept",
             EtcMode::ReadOnly => "the image's",
@@ -137,7 +145,7 @@ pub fn run(args: SetupRootArgs) -> Result<()> {
         cfg.image,
         cfg.store
     );
-    boot_mode::setup(&cfg, &layout, &steps).inspect_err(|_| {
+    boot_mode::setup(&cfg, &layout).inspect_err(|_| {
         eprintln!(
             "imgmount: setup-root FAILED: nothing is mounted on {}",
             layout.target.display()

@@ -8,85 +8,28 @@
 //! STORE/deployments/.tmp-*       a change being written (left by a crash: removed later)
 //! ```
 //!
-//! A change ([`commit_steps`]): the new state is written to a temporary file and flushed to
+//! A change ([`write_state`]): the new state is written to a temporary file and flushed to
 //! disk; the current state gets a second name, renamed over `state.prev`; the temporary
 //! file is renamed over `state`; the directory is flushed. A power cut at any instant leaves
-//! `state` either the old state or the new one, both whole (the model test in
-//! `super::model_tests` checks every crash point of every change). `state.prev` is what
-//! is left when `state` itself is damaged: [`interpret`] then uses it, and nothing boots
-//! a deployment on trial from it.
+//! `state` either the old state or the new one, both whole (the kill -9 test in
+//! `mounter/tests/deploy_cli.rs` interrupts `imgmount deploy` at random points). `state.prev`
+//! is what is left when `state` itself is damaged: [`interpret`] then uses it, and nothing
+//! boots a deployment on trial from it.
 //!
-//! The steps are data, carried out by [`apply`] on the real directory and by the model test
-//! on a simulated one, so both follow the same protocol.
+//! Every file here is opened through [`fsops`]: never through a symbolic link, never
+//! blocking on a FIFO, only as a regular file of bounded size.
 
-use std::io;
+use std::io::{self, Write};
 
-use super::fsio::AnchoredDir;
-use super::state::{DeploymentState, MAX_STATE_BYTES, StateError};
+use imgmount_format::store::fsops::{self, Dir};
+
+use super::state::{DeploymentState, MAX_STATE_BYTES};
 
 pub const STATE_DIR: &str = "deployments";
 pub const STATE_FILE: &str = "state";
 pub const PREV_FILE: &str = "state.prev";
 pub const LOCK_FILE: &str = "lock";
 pub const TEMP_PREFIX: &str = ".tmp-";
-
-/// One step of a change, on the `deployments/` directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FsStep {
-    /// Creates `name` (which must not exist) holding `bytes`, and flushes it to disk.
-    WriteSynced { name: String, bytes: Vec<u8> },
-    /// Gives the file `from` the second name `to` (which must not exist).
-    Link { from: String, to: String },
-    /// Renames `from` over `to`.
-    Rename { from: String, to: String },
-    /// Flushes the directory (its renames) to disk.
-    SyncDir,
-}
-
-/// The steps that replace the state with `new`. `keep_prev` says whether the current
-/// `state` is readable (and so worth keeping as `state.prev`); `unique` makes the temporary
-/// names this change's own.
-pub fn commit_steps(
-    new: &DeploymentState,
-    keep_prev: bool,
-    unique: &str,
-) -> Result<Vec<FsStep>, StateError> {
-    let tmp = format!("{TEMP_PREFIX}state-{unique}");
-    let mut steps = vec![FsStep::WriteSynced {
-        name: tmp.clone(),
-        bytes: new.encode()?,
-    }];
-    if keep_prev {
-        let prev_tmp = format!("{TEMP_PREFIX}prev-{unique}");
-        steps.push(FsStep::Link {
-            from: STATE_FILE.into(),
-            to: prev_tmp.clone(),
-        });
-        steps.push(FsStep::Rename {
-            from: prev_tmp,
-            to: PREV_FILE.into(),
-        });
-    }
-    steps.push(FsStep::Rename {
-        from: tmp,
-        to: STATE_FILE.into(),
-    });
-    steps.push(FsStep::SyncDir);
-    Ok(steps)
-}
-
-/// Carries the steps out on the real directory.
-pub fn apply(dir: &AnchoredDir, steps: &[FsStep]) -> io::Result<()> {
-    for step in steps {
-        match step {
-            FsStep::WriteSynced { name, bytes } => dir.write_new_synced(name, bytes, 0o644)?,
-            FsStep::Link { from, to } => dir.link(from, to)?,
-            FsStep::Rename { from, to } => dir.rename(from, to)?,
-            FsStep::SyncDir => dir.sync()?,
-        }
-    }
-    Ok(())
-}
 
 /// What one of the two state files holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +53,9 @@ pub enum StateRead {
         problem: String,
     },
     /// Neither can be used.
-    Unreadable { problem: String },
+    Unreadable {
+        problem: String,
+    },
 }
 
 impl StateRead {
@@ -160,52 +105,77 @@ pub fn interpret(state: &FileRead, prev: &FileRead) -> StateRead {
     }
 }
 
-fn read_file(dir: &AnchoredDir, name: &str) -> FileRead {
-    match dir.read(name, MAX_STATE_BYTES) {
-        Ok(Some(b)) => FileRead::Bytes(b),
-        Ok(None) => FileRead::Absent,
+fn read_file(dir: &Dir, name: &str) -> FileRead {
+    let read = dir.read_file(name, MAX_STATE_BYTES);
+    match read {
+        Ok(b) => FileRead::Bytes(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => FileRead::Absent,
         Err(e) => FileRead::Unreadable(e.to_string()),
     }
 }
 
-/// The deployment state of the store whose directory is `store`.
-pub fn read_state(store: &AnchoredDir) -> StateRead {
-    match store.open_sub(STATE_DIR) {
+/// The deployment state of the store whose root is `store`.
+pub fn read_state(store: &Dir) -> StateRead {
+    match store.open_dir_if_exists(STATE_DIR) {
         Ok(None) => StateRead::Missing,
         Ok(Some(dir)) => read_in(&dir),
         Err(e) => StateRead::Unreadable {
-            problem: e.to_string(),
+            problem: format!("{}: {e}", store.display(STATE_DIR).display()),
         },
     }
 }
 
 /// [`read_state`] on the `deployments/` directory itself.
-pub fn read_in(dir: &AnchoredDir) -> StateRead {
+pub fn read_in(dir: &Dir) -> StateRead {
     interpret(&read_file(dir, STATE_FILE), &read_file(dir, PREV_FILE))
 }
 
-/// A name no other change uses: the process and a counter.
-pub fn unique_name() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+/// Flushes a directory's entries (after a rename) to disk.
+pub fn sync_dir(dir: &Dir) -> io::Result<()> {
+    rustix::fs::fsync(dir.fd())?;
+    Ok(())
+}
+
+/// The `deployments/` directory of a store, created if missing, and its lock, held until
+/// the returned file is dropped: every command that changes the state holds it from its
+/// read to its write.
+pub fn lock_state_dir(store: &Dir) -> io::Result<(Dir, std::fs::File)> {
+    let dir = store.create_dir(STATE_DIR)?;
+    let lock = dir.open_or_create_file(LOCK_FILE, 0o644)?;
+    fsops::lock(&lock, true)?;
+    Ok((dir, lock))
 }
 
 /// Writes `new` as the state (the caller holds the lock, or is the only one running).
 /// `current` is what was read: a damaged `state` is not kept as `state.prev`. Temporary
 /// files of changes a crash interrupted are removed first.
-pub fn write_state(dir: &AnchoredDir, current: &StateRead, new: &DeploymentState) -> io::Result<()> {
-    for name in dir.names()? {
-        if let Some(n) = name.to_str()
-            && n.starts_with(TEMP_PREFIX)
+pub fn write_state(dir: &Dir, current: &StateRead, new: &DeploymentState) -> io::Result<()> {
+    let bytes = new
+        .encode()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the new state {e}")))?;
+    for entry in dir.entries()? {
+        if entry
+            .name
+            .to_str()
+            .is_some_and(|n| n.starts_with(TEMP_PREFIX))
         {
-            dir.remove_file(n)?;
+            dir.remove_all(&entry.name)?;
         }
     }
-    let keep_prev = matches!(current, StateRead::Ok(_));
-    let steps = commit_steps(new, keep_prev, &unique_name())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("the new state {e}")))?;
-    apply(dir, &steps)
+    let mut tmp = dir.create_temp(&format!("{TEMP_PREFIX}state-"), 0o644)?;
+    tmp.file_mut().write_all(&bytes)?;
+    tmp.file().sync_all()?;
+    if matches!(current, StateRead::Ok(_)) {
+        // The current state's second name, then over state.prev: state itself is never
+        // missing, and state.prev is always a whole state.
+        let prev_tmp = format!("{TEMP_PREFIX}prev-{}", std::process::id());
+        dir.remove_file(&prev_tmp)?;
+        if dir.link_noclobber(STATE_FILE, dir, &prev_tmp)? {
+            dir.rename(&prev_tmp, dir, PREV_FILE)?;
+        }
+    }
+    tmp.persist(dir, STATE_FILE)?;
+    sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -216,9 +186,9 @@ mod tests {
     #[test]
     fn reads_what_it_writes_and_keeps_the_previous_state() {
         let t = tempfile::tempdir().unwrap();
-        let store = AnchoredDir::open(t.path()).unwrap();
+        let store = Dir::open(t.path()).unwrap();
         assert_eq!(read_state(&store), StateRead::Missing);
-        let dir = store.create_sub(STATE_DIR).unwrap();
+        let dir = store.create_dir(STATE_DIR).unwrap();
         let first = sample();
         write_state(&dir, &StateRead::Missing, &first).unwrap();
         assert_eq!(read_state(&store), StateRead::Ok(first.clone()));
@@ -228,8 +198,10 @@ mod tests {
         write_state(&dir, &StateRead::Ok(first.clone()), &second).unwrap();
         assert_eq!(read_state(&store), StateRead::Ok(second.clone()));
         assert_eq!(
-            DeploymentState::decode(&std::fs::read(t.path().join("deployments/state.prev")).unwrap())
-                .unwrap(),
+            DeploymentState::decode(
+                &std::fs::read(t.path().join("deployments/state.prev")).unwrap()
+            )
+            .unwrap(),
             first
         );
         // A damaged state: the previous one is used, and is not replaced by the damage.
@@ -244,12 +216,14 @@ mod tests {
         write_state(&dir, &read, &third).unwrap();
         assert_eq!(read_state(&store), StateRead::Ok(third));
         assert_eq!(
-            DeploymentState::decode(&std::fs::read(t.path().join("deployments/state.prev")).unwrap())
-                .unwrap(),
+            DeploymentState::decode(
+                &std::fs::read(t.path().join("deployments/state.prev")).unwrap()
+            )
+            .unwrap(),
             first,
             "the damaged file was not kept"
         );
-        let mut left: Vec<_> = dir.names().unwrap();
+        let mut left: Vec<_> = dir.entries().unwrap().into_iter().map(|e| e.name).collect();
         left.sort();
         assert_eq!(left, ["state", "state.prev"], "no temporary files left");
     }
@@ -259,11 +233,23 @@ mod tests {
         let good = FileRead::Bytes(sample().encode().unwrap());
         let bad = FileRead::Bytes(b"IMGDEPLS".to_vec());
         let gone = FileRead::Unreadable("is a FIFO".into());
-        assert!(matches!(interpret(&good, &FileRead::Absent), StateRead::Ok(_)));
+        assert!(matches!(
+            interpret(&good, &FileRead::Absent),
+            StateRead::Ok(_)
+        ));
         assert!(matches!(interpret(&good, &bad), StateRead::Ok(_)));
-        assert_eq!(interpret(&FileRead::Absent, &FileRead::Absent), StateRead::Missing);
-        assert!(matches!(interpret(&bad, &good), StateRead::Recovered { .. }));
-        assert!(matches!(interpret(&gone, &good), StateRead::Recovered { .. }));
+        assert_eq!(
+            interpret(&FileRead::Absent, &FileRead::Absent),
+            StateRead::Missing
+        );
+        assert!(matches!(
+            interpret(&bad, &good),
+            StateRead::Recovered { .. }
+        ));
+        assert!(matches!(
+            interpret(&gone, &good),
+            StateRead::Recovered { .. }
+        ));
         assert!(
             matches!(interpret(&FileRead::Absent, &good), StateRead::Recovered { ref problem, .. } if problem.contains("missing")),
             "a removed state is not a fresh store"
@@ -273,7 +259,10 @@ mod tests {
             matches!(&r, StateRead::Unreadable { problem } if problem.contains("truncated") && problem.contains("FIFO")),
             "{r:?}"
         );
-        assert!(matches!(interpret(&bad, &FileRead::Absent), StateRead::Unreadable { .. }));
+        assert!(matches!(
+            interpret(&bad, &FileRead::Absent),
+            StateRead::Unreadable { .. }
+        ));
     }
 
     #[test]
@@ -281,8 +270,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let elsewhere = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), t.path().join(STATE_DIR)).unwrap();
-        let store = AnchoredDir::open(t.path()).unwrap();
+        let store = Dir::open(t.path()).unwrap();
         assert!(matches!(read_state(&store), StateRead::Unreadable { .. }));
-        assert!(store.create_sub(STATE_DIR).is_err());
+        assert!(store.create_dir(STATE_DIR).is_err());
     }
 }

@@ -238,7 +238,8 @@ pub fn decide_boot(
                 notes,
             };
         }
-        notes.push("no deployment can boot: falling back to the image the command line pins".into());
+        notes
+            .push("no deployment can boot: falling back to the image the command line pins".into());
         return pinned(input.pin, &mut judge, new_state, notes);
     }
     pinned(input.pin, &mut judge, None, notes)
@@ -323,7 +324,12 @@ mod tests {
         assert_eq!(d.target, Some(BootTarget::Pinned));
         assert_eq!(d.trusted_by, Some(TrustedBy::Pin));
         assert!(d.new_state.is_none() && d.notes.is_empty());
-        let (d, _) = run(&StateRead::Unreadable { problem: "bad magic".into() }, &[]);
+        let (d, _) = run(
+            &StateRead::Unreadable {
+                problem: "bad magic".into(),
+            },
+            &[],
+        );
         assert_eq!(d.target, Some(BootTarget::Pinned));
         assert!(d.new_state.is_none());
         assert!(d.notes[0].contains("bad magic"), "{:?}", d.notes);
@@ -345,7 +351,10 @@ mod tests {
         let (d, _) = run(&ok(s.clone()), &[]);
         assert_eq!(d.target, Some(BootTarget::Deployment(2)));
         let new = d.new_state.unwrap();
-        assert_eq!(new.get(2).unwrap().status, Status::Pending { tries_left: 2 });
+        assert_eq!(
+            new.get(2).unwrap().status,
+            Status::Pending { tries_left: 2 }
+        );
         assert_eq!(new.get(2).unwrap().boots, 1);
         assert_eq!(new.generation, s.generation + 1);
         assert!(d.notes[0].contains("try 1 of 3"), "{:?}", d.notes);
@@ -355,7 +364,12 @@ mod tests {
             let (d, _) = run(&ok(cur.clone()), &[]);
             assert_eq!(d.target, Some(BootTarget::Deployment(2)));
             cur = d.new_state.unwrap();
-            assert_eq!(cur.get(2).unwrap().status, Status::Pending { tries_left: want_left });
+            assert_eq!(
+                cur.get(2).unwrap().status,
+                Status::Pending {
+                    tries_left: want_left
+                }
+            );
         }
         cur.get_mut(2).unwrap().note = "required health check 50-app failed".into();
         let (d, _) = run(&ok(cur.clone()), &[]);
@@ -376,7 +390,13 @@ mod tests {
 
     #[test]
     fn a_good_default_boots_without_writing() {
-        let s = state(vec![deployment(1, 1, Status::Good), deployment(2, 2, Status::Good)], Some(2));
+        let s = state(
+            vec![
+                deployment(1, 1, Status::Good),
+                deployment(2, 2, Status::Good),
+            ],
+            Some(2),
+        );
         let (d, asked) = run(&ok(s), &[]);
         assert_eq!(d.target, Some(BootTarget::Deployment(2)));
         assert_eq!(d.trusted_by, Some(TrustedBy::Key("release".into())));
@@ -387,7 +407,10 @@ mod tests {
     #[test]
     fn refused_images_are_marked_bad_and_the_previous_good_boots() {
         for status in [Status::Pending { tries_left: 3 }, Status::Good] {
-            let s = state(vec![deployment(1, 1, Status::Good), deployment(2, 4, status)], Some(2));
+            let s = state(
+                vec![deployment(1, 1, Status::Good), deployment(2, 4, status)],
+                Some(2),
+            );
             let (d, _) = run(&ok(s), &[4]);
             assert_eq!(d.target, Some(BootTarget::Deployment(1)), "{status:?}");
             let new = d.new_state.unwrap();
@@ -398,7 +421,10 @@ mod tests {
         }
         // Every deployment refused: the pin.
         let s = state(
-            vec![deployment(1, 5, Status::Good), deployment(2, 4, Status::Pending { tries_left: 1 })],
+            vec![
+                deployment(1, 5, Status::Good),
+                deployment(2, 4, Status::Pending { tries_left: 1 }),
+            ],
             Some(2),
         );
         let (d, _) = run(&ok(s), &[4, 5]);
@@ -412,7 +438,11 @@ mod tests {
         let mut bad = deployment(3, 3, Status::Bad);
         bad.note = "marked bad by hand".into();
         let s = state(
-            vec![deployment(1, 1, Status::Good), deployment(2, 2, Status::Good), bad],
+            vec![
+                deployment(1, 1, Status::Good),
+                deployment(2, 2, Status::Good),
+                bad,
+            ],
             Some(3),
         );
         let (d, _) = run(&ok(s.clone()), &[]);
@@ -423,7 +453,13 @@ mod tests {
         let (d, _) = run(&ok(none), &[]);
         assert_eq!(d.target, Some(BootTarget::Deployment(2)));
         // A good one refused on the way is marked too.
-        let s = state(vec![deployment(1, 1, Status::Good), deployment(2, 2, Status::Good)], None);
+        let s = state(
+            vec![
+                deployment(1, 1, Status::Good),
+                deployment(2, 2, Status::Good),
+            ],
+            None,
+        );
         let (d, _) = run(&ok(s), &[2]);
         assert_eq!(d.target, Some(BootTarget::Deployment(1)));
         assert_eq!(d.new_state.unwrap().get(2).unwrap().status, Status::Bad);
@@ -443,7 +479,11 @@ mod tests {
             problem: "fails its checksum".into(),
         };
         let (d, _) = run(&read, &[]);
-        assert_eq!(d.target, Some(BootTarget::Deployment(1)), "no uncounted try");
+        assert_eq!(
+            d.target,
+            Some(BootTarget::Deployment(1)),
+            "no uncounted try"
+        );
         assert!(d.new_state.is_none());
         assert!(d.notes.iter().any(|n| n.contains("fails its checksum")));
         let (d, _) = run(&read, &[1, 2]);

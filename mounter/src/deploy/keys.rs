@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::Path;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use imgmount_format::store::fsops;
 
 /// The trusted keys' folder, in the initramfs and on the system that builds it.
 pub const TRUSTED_DIR: &str = "/etc/imgmount/trusted.d";
@@ -66,9 +67,7 @@ fn tagged_hex(text: &str, tag: &str) -> Result<[u8; 32], String> {
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    let line = lines
-        .next()
-        .ok_or_else(|| format!("holds no {tag} line"))?;
+    let line = lines.next().ok_or_else(|| format!("holds no {tag} line"))?;
     if lines.next().is_some() {
         return Err("holds more than one key line".into());
     }
@@ -115,13 +114,8 @@ pub fn generate() -> std::io::Result<SigningKey> {
     let mut filled = 0;
     while filled < seed.len() {
         // SAFETY: the pointer and length describe the unfilled part of `seed`.
-        let n = unsafe {
-            libc::getrandom(
-                seed[filled..].as_mut_ptr().cast(),
-                seed.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(seed[filled..].as_mut_ptr().cast(), seed.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -177,11 +171,11 @@ pub fn load_trusted(dir: &Path, spec: &TrustSpec) -> (Vec<PublicKey>, Vec<String
             problems.push(format!("{}: not a valid key name", path.display()));
             continue;
         }
-        let read = super::fsio::AnchoredDir::open(dir)
-            .and_then(|d| d.read(&format!("{name}.pub"), MAX_KEY_FILE));
+        let read =
+            fsops::Dir::open(dir).and_then(|d| d.read_file(format!("{name}.pub"), MAX_KEY_FILE));
         let text = match read {
-            Ok(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-            Ok(None) => {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 problems.push(format!("{}: no such key", path.display()));
                 continue;
             }
@@ -215,7 +209,11 @@ mod tests {
             "# only a comment\n",
             "imgmount-ed25519-public 00\n",
             "imgmount-ed25519-secret 0000000000000000000000000000000000000000000000000000000000000000\n",
-            &format!("{}{}", format_public(&pubkey, "a"), format_public(&pubkey, "b")),
+            &format!(
+                "{}{}",
+                format_public(&pubkey, "a"),
+                format_public(&pubkey, "b")
+            ),
         ] {
             assert!(parse_public(bad).is_err(), "{bad:?}");
         }
@@ -238,10 +236,19 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         assert_eq!(problems.len(), 2, "{problems:?}");
         let (keys, problems) = load_trusted(t.path(), &TrustSpec::Only("b".into()));
-        assert_eq!(keys, [PublicKey { name: "b".into(), key: pb }]);
+        assert_eq!(
+            keys,
+            [PublicKey {
+                name: "b".into(),
+                key: pb
+            }]
+        );
         assert!(problems.is_empty());
         let (keys, problems) = load_trusted(t.path(), &TrustSpec::Only("nope".into()));
-        assert!(keys.is_empty() && problems[0].contains("no such key"), "{problems:?}");
+        assert!(
+            keys.is_empty() && problems[0].contains("no such key"),
+            "{problems:?}"
+        );
         let (keys, problems) = load_trusted(&t.path().join("absent"), &TrustSpec::All);
         assert!(keys.is_empty() && problems.is_empty());
     }

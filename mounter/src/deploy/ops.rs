@@ -6,7 +6,7 @@
 use imgmount_format::verity::Digest;
 
 use super::state::{
-    DeploymentState, Deployment, EtcFrom, MAX_DEPLOYMENTS, MAX_TRIES, Status, clean_note,
+    Deployment, DeploymentState, EtcFrom, MAX_DEPLOYMENTS, MAX_TRIES, Status, clean_note,
 };
 
 /// What the running system was booted from.
@@ -173,7 +173,11 @@ pub fn deploy(
 
 /// Keeps at most `st.keep` deployments: the new one, the booted one, the newest good one,
 /// then good ones before others, newer before older. Returns what was removed.
-fn prune(st: &mut DeploymentState, new: u32, booted: Option<u32>) -> Result<Vec<Deployment>, OpError> {
+fn prune(
+    st: &mut DeploymentState,
+    new: u32,
+    booted: Option<u32>,
+) -> Result<Vec<Deployment>, OpError> {
     let mut keep: Vec<u32> = vec![new];
     let newest_good = st.newest_good_except(&[new]).map(|d| d.id);
     for id in [booted, newest_good].into_iter().flatten() {
@@ -183,8 +187,14 @@ fn prune(st: &mut DeploymentState, new: u32, booted: Option<u32>) -> Result<Vec<
     }
     let limit = usize::from(st.keep);
     if keep.len() > limit {
-        let b = booted.and_then(|b| st.get(b)).map(|d| d.describe()).unwrap_or_default();
-        let g = newest_good.and_then(|g| st.get(g)).map(|d| d.describe()).unwrap_or_default();
+        let b = booted
+            .and_then(|b| st.get(b))
+            .map(|d| d.describe())
+            .unwrap_or_default();
+        let g = newest_good
+            .and_then(|g| st.get(g))
+            .map(|d| d.describe())
+            .unwrap_or_default();
         return Err(refused(format!(
             "the booted {b} is not blessed yet, and keeping it, the last good {g} and the \
              new deployment takes {} of the {limit} kept: bless or roll back the booted \
@@ -201,10 +211,8 @@ fn prune(st: &mut DeploymentState, new: u32, booted: Option<u32>) -> Result<Vec<
     rest.sort_by_key(|d| (d.status != Status::Good, std::cmp::Reverse(d.id)));
     let extra: Vec<u32> = rest.iter().take(limit - keep.len()).map(|d| d.id).collect();
     keep.extend(extra);
-    let (kept, pruned): (Vec<_>, Vec<_>) = st
-        .deployments
-        .drain(..)
-        .partition(|d| keep.contains(&d.id));
+    let (kept, pruned): (Vec<_>, Vec<_>) =
+        st.deployments.drain(..).partition(|d| keep.contains(&d.id));
     st.deployments = kept;
     Ok(pruned)
 }
@@ -222,7 +230,11 @@ pub fn rollback(current: &DeploymentState) -> Result<(DeploymentState, u32), OpE
 }
 
 /// `imgmount bless`: the booted deployment is good. None if it already was.
-pub fn bless(current: &DeploymentState, id: u32, now: u64) -> Result<Option<DeploymentState>, OpError> {
+pub fn bless(
+    current: &DeploymentState,
+    id: u32,
+    now: u64,
+) -> Result<Option<DeploymentState>, OpError> {
     let d = current
         .get(id)
         .ok_or_else(|| refused(format!("deployment {id} is not in the deployment state")))?;
@@ -266,7 +278,9 @@ pub fn mark_bad(
     now: u64,
 ) -> Result<DeploymentState, OpError> {
     if current.get(id).is_none() {
-        return Err(refused(format!("deployment {id} is not in the deployment state")));
+        return Err(refused(format!(
+            "deployment {id} is not in the deployment state"
+        )));
     }
     let mut st = current.clone();
     set_bad(&mut st, id, reason, now);
@@ -308,7 +322,11 @@ pub fn health_check_failed(
                     now,
                 );
             } else if let Some(m) = st.get_mut(id) {
-                m.note = clean_note(&format!("try {} of {}: {reason}", d.tries - tries_left, d.tries));
+                m.note = clean_note(&format!(
+                    "try {} of {}: {reason}",
+                    d.tries - tries_left,
+                    d.tries
+                ));
             }
             st.generation += 1;
             (Some(st), AfterFailure::Reboot)
@@ -338,7 +356,14 @@ mod tests {
     #[test]
     fn the_first_deploy_on_a_build_machine_is_just_staged() {
         let (s, out) = deploy(None, &Booted::Unknown, &req(1)).unwrap();
-        assert_eq!(out, DeployOutcome::Staged { id: 1, adopted: None, pruned: vec![] });
+        assert_eq!(
+            out,
+            DeployOutcome::Staged {
+                id: 1,
+                adopted: None,
+                pruned: vec![]
+            }
+        );
         assert_eq!(s.default, Some(1));
         let d = s.get(1).unwrap();
         assert_eq!(d.status, Status::Pending { tries_left: 3 });
@@ -349,10 +374,21 @@ mod tests {
     #[test]
     fn a_pinned_boot_is_adopted_as_the_rollback() {
         let (s, out) = deploy(None, &Booted::Pinned(image(1)), &req(2)).unwrap();
-        assert_eq!(out, DeployOutcome::Staged { id: 2, adopted: Some(1), pruned: vec![] });
+        assert_eq!(
+            out,
+            DeployOutcome::Staged {
+                id: 2,
+                adopted: Some(1),
+                pruned: vec![]
+            }
+        );
         assert_eq!(s.get(1).unwrap().status, Status::Good);
         assert_eq!(s.get(1).unwrap().etc_from, EtcFrom::Image(image(1)));
-        assert_eq!(s.get(2).unwrap().etc_from, EtcFrom::Image(image(1)), "the running /etc");
+        assert_eq!(
+            s.get(2).unwrap().etc_from,
+            EtcFrom::Image(image(1)),
+            "the running /etc"
+        );
         assert_eq!(s.rollback_target().map(|d| d.id), Some(1));
         s.validate().unwrap();
     }
@@ -366,13 +402,18 @@ mod tests {
         // Staged again before rebooting: the staged one goes, the booted one stays.
         let (s, out) = deploy(Some(&s), &Booted::Deployment(1), &req(3)).unwrap();
         assert_eq!(ids(&s), [1, 3]);
-        let DeployOutcome::Staged { pruned, .. } = out else { panic!() };
+        let DeployOutcome::Staged { pruned, .. } = out else {
+            panic!()
+        };
         assert_eq!(pruned.iter().map(|d| d.id).collect::<Vec<_>>(), [2]);
         // Three kept: the good ones stay before the others.
         let (mut s, _) = deploy(
             Some(&s),
             &Booted::Deployment(1),
-            &DeployRequest { keep: Some(3), ..req(4) },
+            &DeployRequest {
+                keep: Some(3),
+                ..req(4)
+            },
         )
         .unwrap();
         assert_eq!(ids(&s), [1, 3, 4]);
@@ -395,7 +436,10 @@ mod tests {
         let (s, _) = deploy(
             Some(&s),
             &Booted::Deployment(2),
-            &DeployRequest { keep: Some(3), ..req(3) },
+            &DeployRequest {
+                keep: Some(3),
+                ..req(3)
+            },
         )
         .unwrap();
         assert_eq!(ids(&s), [1, 2, 3]);
@@ -413,11 +457,22 @@ mod tests {
     #[test]
     fn bad_arguments_and_unknown_deployments() {
         assert!(matches!(
-            deploy(None, &Booted::Unknown, &DeployRequest { tries: 0, ..req(1) }),
+            deploy(
+                None,
+                &Booted::Unknown,
+                &DeployRequest { tries: 0, ..req(1) }
+            ),
             Err(OpError::BadArgument(_))
         ));
         assert!(matches!(
-            deploy(None, &Booted::Unknown, &DeployRequest { keep: Some(1), ..req(1) }),
+            deploy(
+                None,
+                &Booted::Unknown,
+                &DeployRequest {
+                    keep: Some(1),
+                    ..req(1)
+                }
+            ),
             Err(OpError::BadArgument(_))
         ));
         assert!(deploy(None, &Booted::Deployment(7), &req(1)).is_err());
@@ -446,12 +501,20 @@ mod tests {
         let g = bless(&s, 2, 9).unwrap().unwrap();
         assert_eq!(g.get(2).unwrap().status, Status::Good);
         assert_eq!(g.get(2).unwrap().changed_at, 9);
-        assert!(bless(&g, 2, 10).unwrap().is_none(), "blessing twice changes nothing");
+        assert!(
+            bless(&g, 2, 10).unwrap().is_none(),
+            "blessing twice changes nothing"
+        );
         let b = mark_bad(&g, 2, "broke the network\n", 11).unwrap();
         assert_eq!(b.get(2).unwrap().status, Status::Bad);
         assert_eq!(b.get(2).unwrap().note, "broke the network");
         assert_eq!(b.default, Some(1), "the next boot is the good one");
-        assert!(bless(&b, 2, 12).unwrap_err().to_string().contains("broke the network"));
+        assert!(
+            bless(&b, 2, 12)
+                .unwrap_err()
+                .to_string()
+                .contains("broke the network")
+        );
     }
 
     #[test]
@@ -462,15 +525,28 @@ mod tests {
         assert_eq!(act, AfterFailure::Reboot);
         let n = n.unwrap();
         assert_eq!(n.get(2).unwrap().status, Status::Pending { tries_left: 1 });
-        assert_eq!(n.get(2).unwrap().note, "try 2 of 3: required health check 50-app failed");
+        assert_eq!(
+            n.get(2).unwrap().note,
+            "try 2 of 3: required health check 50-app failed"
+        );
         s.get_mut(2).unwrap().status = Status::Pending { tries_left: 0 };
         let (n, act) = health_check_failed(&s, 2, "required health check 50-app failed", 7);
         assert_eq!(act, AfterFailure::Reboot);
         let n = n.unwrap();
         assert_eq!(n.get(2).unwrap().status, Status::Bad);
-        assert!(n.get(2).unwrap().note.contains("last try"), "{}", n.get(2).unwrap().note);
+        assert!(
+            n.get(2).unwrap().note.contains("last try"),
+            "{}",
+            n.get(2).unwrap().note
+        );
         assert_eq!(n.default, Some(1));
-        assert_eq!(health_check_failed(&n, 1, "x", 8), (None, AfterFailure::Stay));
-        assert_eq!(health_check_failed(&n, 9, "x", 8), (None, AfterFailure::Stay));
+        assert_eq!(
+            health_check_failed(&n, 1, "x", 8),
+            (None, AfterFailure::Stay)
+        );
+        assert_eq!(
+            health_check_failed(&n, 9, "x", 8),
+            (None, AfterFailure::Stay)
+        );
     }
 }

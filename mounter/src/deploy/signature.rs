@@ -179,10 +179,13 @@ impl Signatures {
         }
         let version = r.u16("the version").map_err(t)?;
         if version != VERSION {
-            return Err(format!("has version {version}, which this imgmount does not know"));
+            return Err(format!(
+                "has version {version}, which this imgmount does not know"
+            ));
         }
         let alg = r.u8("the digest algorithm").map_err(t)?;
-        let alg = HashAlg::from_id(alg).ok_or_else(|| format!("has unknown digest algorithm {alg}"))?;
+        let alg =
+            HashAlg::from_id(alg).ok_or_else(|| format!("has unknown digest algorithm {alg}"))?;
         let count = usize::from(r.u8("the count").map_err(t)?);
         if count == 0 || count > MAX_SIGNATURES {
             return Err(format!("holds {count} signatures (1 to {MAX_SIGNATURES})"));
@@ -232,7 +235,10 @@ mod tests {
         let SignatureCheck::Refused(why) = sigs.check(&keys) else {
             panic!("an untrusted key's signature was accepted")
         };
-        assert!(why.contains("does not trust") && why.contains("release"), "{why}");
+        assert!(
+            why.contains("does not trust") && why.contains("release"),
+            "{why}"
+        );
         sigs.add(sign(&trusted, &img)).unwrap();
         assert_eq!(sigs.check(&keys), SignatureCheck::Trusted(keys[0].clone()));
         sigs.check_all().unwrap();
@@ -242,13 +248,16 @@ mod tests {
             digest: other_img,
             signed: sigs.signed.clone(),
         };
-        assert!(matches!(moved.check(&keys), SignatureCheck::Refused(w) if w.contains("does not verify")));
+        assert!(
+            matches!(moved.check(&keys), SignatureCheck::Refused(w) if w.contains("does not verify"))
+        );
         assert!(moved.check_all().is_err());
         let mut forged = sigs.clone();
         forged.signed[1].signature[10] ^= 1;
         assert!(matches!(forged.check(&keys), SignatureCheck::Refused(_)));
         // sha256 and sha512 digests with the same leading bytes are different messages.
-        let long = Digest::new(HashAlg::Sha512, &[img.as_bytes(), img.as_bytes()].concat()).unwrap();
+        let long =
+            Digest::new(HashAlg::Sha512, &[img.as_bytes(), img.as_bytes()].concat()).unwrap();
         assert!(!verifies(&sigs.signed[1], &long));
     }
 
@@ -278,7 +287,11 @@ mod tests {
         let mut twice = bytes.clone();
         twice[11] = 2;
         twice.extend_from_slice(&bytes[HEADER..]);
-        assert!(Signatures::decode(&twice).unwrap_err().contains("two signatures"));
+        assert!(
+            Signatures::decode(&twice)
+                .unwrap_err()
+                .contains("two signatures")
+        );
         assert!(Signatures::decode(&vec![0; 1 << 20]).is_err());
     }
 }

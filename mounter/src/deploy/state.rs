@@ -276,7 +276,9 @@ impl DeploymentState {
         if let Some(def) = self.default
             && self.get(def).is_none()
         {
-            return Err(invalid(format!("the next boot is deployment {def}, which does not exist")));
+            return Err(invalid(format!(
+                "the next boot is deployment {def}, which does not exist"
+            )));
         }
         Ok(())
     }
@@ -351,7 +353,10 @@ impl DeploymentState {
         let body = r.bytes(body_len, "the body")?;
         let sum = r.array::<32>("the checksum")?;
         if r.remaining() != 0 {
-            return Err(invalid(format!("{} bytes after the checksum", r.remaining())));
+            return Err(invalid(format!(
+                "{} bytes after the checksum",
+                r.remaining()
+            )));
         }
         if Sha256::digest(&bytes[..HEADER + body_len]).as_slice() != sum {
             return Err(StateError::Checksum);
@@ -379,7 +384,9 @@ fn digest_field(alg: u8, field: &[u8; DIGEST_FIELD], what: &str) -> Result<Diges
         .ok_or_else(|| invalid(format!("{what} has unknown digest algorithm {alg}")))?;
     let (bytes, pad) = field.split_at(alg.digest_len());
     if pad.iter().any(|b| *b != 0) {
-        return Err(invalid(format!("{what}'s digest has bytes past its length")));
+        return Err(invalid(format!(
+            "{what}'s digest has bytes past its length"
+        )));
     }
     Digest::new(alg, bytes).ok_or_else(|| invalid(format!("{what}'s digest is malformed")))
 }
@@ -399,7 +406,9 @@ fn decode_body(body: &[u8]) -> Result<DeploymentState, StateError> {
     };
     debug_assert_eq!(r.position(), BODY_FIXED);
     if usize::from(count) > MAX_DEPLOYMENTS {
-        return Err(invalid(format!("{count} deployments, more than {MAX_DEPLOYMENTS}")));
+        return Err(invalid(format!(
+            "{count} deployments, more than {MAX_DEPLOYMENTS}"
+        )));
     }
     let mut deployments = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
