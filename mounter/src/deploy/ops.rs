@@ -19,6 +19,23 @@ pub enum Booted {
     Unknown,
 }
 
+impl Booted {
+    /// The deployment this boot is: itself, or for a boot of the pinned image the good
+    /// deployment of that image (`deploy` adopts it as one).
+    pub fn deployment_in(&self, st: &DeploymentState) -> Option<u32> {
+        match *self {
+            Booted::Deployment(id) => st.get(id).map(|d| d.id),
+            Booted::Pinned(image) => st
+                .deployments
+                .iter()
+                .rev()
+                .find(|d| d.image == image && d.status == Status::Good)
+                .map(|d| d.id),
+            Booted::Unknown => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {
     #[error("{0}")]
@@ -72,13 +89,8 @@ fn booted_id(
             Ok((Some(id), None))
         }
         Booted::Pinned(image) => {
-            if let Some(d) = st
-                .deployments
-                .iter()
-                .rev()
-                .find(|d| d.image == image && d.status == Status::Good)
-            {
-                return Ok((Some(d.id), None));
+            if let Some(id) = booted.deployment_in(st) {
+                return Ok((Some(id), None));
             }
             let id = take_id(st)?;
             st.deployments.push(Deployment {

@@ -39,6 +39,23 @@ pub fn change<T>(
     Ok(out)
 }
 
+/// The deployment of `digest`, if it is deployed: such an image is a root of the store,
+/// which `rm` keeps (and so `gc` keeps its objects). A state that cannot be read keeps
+/// every image: it may name any.
+pub fn deployed_as(store: &Dir, digest: &Digest) -> Result<Option<u32>> {
+    match commit::read_state(store) {
+        StateRead::Missing => Ok(None),
+        StateRead::Unreadable { problem } => bail!(
+            "the deployment state cannot be read ({problem}), so no image is removed: it \
+             may be deployed"
+        ),
+        read => Ok(read
+            .state()
+            .and_then(|st| st.deployments.iter().find(|d| d.image == *digest))
+            .map(|d| d.id)),
+    }
+}
+
 /// The signatures stored for an image, if any.
 pub fn read_signatures(store: &Dir, digest: &Digest) -> Result<Option<Signatures>> {
     let Some(dir) = store.open_dir_if_exists(SIGNATURES_DIR)? else {
