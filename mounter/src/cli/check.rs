@@ -59,7 +59,10 @@ fn checks(dir: &Path) -> Result<Vec<PathBuf>> {
         let path = e.path();
         match std::fs::metadata(&path) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => out.push(path),
-            Ok(m) if m.is_file() => eprintln!("imgmount: check: {} is not executable: skipped", path.display()),
+            Ok(m) if m.is_file() => eprintln!(
+                "imgmount: check: {} is not executable: skipped",
+                path.display()
+            ),
             _ => {}
         }
     }
@@ -69,7 +72,9 @@ fn checks(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Runs one check: None when it passed, else why it failed.
 fn run_check(path: &Path, timeout: Duration) -> Option<String> {
-    let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let mut child = match Command::new(path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -79,8 +84,16 @@ fn run_check(path: &Path, timeout: Duration) -> Option<String> {
         Ok(c) => c,
         Err(e) => return Some(format!("{name} cannot be started: {e}")),
     };
-    let readers: Vec<_> = [child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
-        child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>)]
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
     .into_iter()
     .flatten()
     .map(|mut r| {
@@ -98,7 +111,10 @@ fn run_check(path: &Path, timeout: Duration) -> Option<String> {
             Ok(None) if start.elapsed() >= timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!("{name} did not finish within {} s", timeout.as_secs()));
+                break Err(format!(
+                    "{name} did not finish within {} s",
+                    timeout.as_secs()
+                ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
             Err(e) => break Err(format!("{name}: {e}")),
@@ -113,12 +129,21 @@ fn run_check(path: &Path, timeout: Duration) -> Option<String> {
     for line in output.lines() {
         println!("{name}: {line}");
     }
-    let last = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let last = output
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     match status {
         Ok(s) if s.success() => None,
         Ok(s) => Some(format!(
             "{name} failed ({s}){}",
-            if last.is_empty() { String::new() } else { format!(": {last}") }
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!(": {last}")
+            }
         )),
         Err(why) => Some(why),
     }
@@ -139,7 +164,10 @@ pub fn run(args: CheckArgs) -> Result<()> {
     for path in checks(&args.dir.join("wanted.d"))? {
         match run_check(&path, timeout) {
             None => println!("wanted check {}: passed", path.display()),
-            Some(why) => eprintln!("imgmount: wanted check {}: failed (only reported): {why}", path.display()),
+            Some(why) => eprintln!(
+                "imgmount: wanted check {}: failed (only reported): {why}",
+                path.display()
+            ),
         }
     }
     let Some(why) = failed else {
@@ -158,8 +186,12 @@ pub fn run(args: CheckArgs) -> Result<()> {
         Ok(ops::health_check_failed(st, id, &reason, now()))
     })?;
     match after {
-        AfterFailure::Stay => bail!("{reason} (deployment {id} was blessed before: it stays booted)"),
-        AfterFailure::Reboot if args.no_reboot => bail!("{reason} (recorded; not rebooting: --no-reboot)"),
+        AfterFailure::Stay => {
+            bail!("{reason} (deployment {id} was blessed before: it stays booted)")
+        }
+        AfterFailure::Reboot if args.no_reboot => {
+            bail!("{reason} (recorded; not rebooting: --no-reboot)")
+        }
         AfterFailure::Reboot => {
             eprintln!("imgmount: {reason}: recorded for deployment {id}; rebooting");
             let r = Command::new("systemctl").arg("reboot").status();

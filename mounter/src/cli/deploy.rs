@@ -78,7 +78,11 @@ struct Report {
 
 pub fn run(args: DeployArgs) -> Result<()> {
     if args.tries == 0 || args.tries > MAX_TRIES {
-        return Err(UsageError(format!("--tries must be 1 to {MAX_TRIES}, not {}", args.tries)).into());
+        return Err(UsageError(format!(
+            "--tries must be 1 to {MAX_TRIES}, not {}",
+            args.tries
+        ))
+        .into());
     }
     if let Some(k) = args.keep
         && !(2..=MAX_DEPLOYMENTS).contains(&usize::from(k))
@@ -131,7 +135,11 @@ pub fn run(args: DeployArgs) -> Result<()> {
         Ok((Some(next), (outcome, rollback)))
     })?;
     let report = match &outcome {
-        DeployOutcome::Staged { id, adopted, pruned } => Report {
+        DeployOutcome::Staged {
+            id,
+            adopted,
+            pruned,
+        } => Report {
             id: *id,
             image: image.digest.to_string(),
             tag,
@@ -170,7 +178,11 @@ pub fn run(args: DeployArgs) -> Result<()> {
         "deployment {} ({}{}) is the next boot: pending, {} {}",
         report.id,
         report.image,
-        report.tag.as_deref().map(|t| format!(", {t}")).unwrap_or_default(),
+        report
+            .tag
+            .as_deref()
+            .map(|t| format!(", {t}"))
+            .unwrap_or_default(),
         report.tries,
         if report.tries == 1 { "try" } else { "tries" }
     );

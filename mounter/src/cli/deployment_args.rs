@@ -38,7 +38,10 @@ impl DeploymentArgs {
     /// adopted it), or an error saying why there is none.
     pub fn booted_deployment(&self, store: &Dir, what: &str) -> Result<u32> {
         let booted = self.booted()?;
-        if let Some(id) = read_state(store).state().and_then(|st| booted.deployment_in(st)) {
+        if let Some(id) = read_state(store)
+            .state()
+            .and_then(|st| booted.deployment_in(st))
+        {
             return Ok(id);
         }
         match booted {

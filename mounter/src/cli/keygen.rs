@@ -93,7 +93,9 @@ pub fn run(args: KeygenArgs) -> Result<()> {
     } else {
         println!("secret key: {} (keep it secret)", args.path.display());
         println!("public key: {} ({id})", public_path.display());
-        println!("to trust it at boot: copy it to {TRUSTED_DIR}/{name}.pub and rebuild the initramfs");
+        println!(
+            "to trust it at boot: copy it to {TRUSTED_DIR}/{name}.pub and rebuild the initramfs"
+        );
     }
     Ok(())
 }

@@ -84,7 +84,11 @@ pub fn run(args: SignArgs) -> Result<()> {
                     .join(signature::file_name(&image.digest))
                     .display(),
                 all.signed.len(),
-                if all.signed.len() == 1 { "signature" } else { "signatures" }
+                if all.signed.len() == 1 {
+                    "signature"
+                } else {
+                    "signatures"
+                }
             )
         }
     };

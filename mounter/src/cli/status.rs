@@ -145,7 +145,10 @@ pub fn run(args: StatusArgs) -> Result<()> {
         Booted::Unknown => println!("booted: not from this store's deployments"),
     }
     if matches!(read, StateRead::Missing) || st.deployments.is_empty() {
-        println!("no deployments in {} (see imgmount deploy)", store.path().display());
+        println!(
+            "no deployments in {} (see imgmount deploy)",
+            store.path().display()
+        );
         return Ok(());
     }
     for d in st.deployments.iter().rev() {

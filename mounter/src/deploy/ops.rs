@@ -183,19 +183,25 @@ pub fn deploy(
     ))
 }
 
-/// Keeps at most `st.keep` deployments: the new one, the booted one, the newest good one,
-/// then good ones before others, newer before older. Returns what was removed.
+/// Keeps at most `st.keep` deployments: the new one, the booted one and, when the booted
+/// one is not good (on trial, or none), the newest good one; then good ones before others,
+/// newer before older. Returns what was removed.
 fn prune(
     st: &mut DeploymentState,
     new: u32,
     booted: Option<u32>,
 ) -> Result<Vec<Deployment>, OpError> {
     let mut keep: Vec<u32> = vec![new];
+    keep.extend(booted);
+    let booted_good = booted
+        .and_then(|b| st.get(b))
+        .is_some_and(|d| d.status == Status::Good);
     let newest_good = st.newest_good_except(&[new]).map(|d| d.id);
-    for id in [booted, newest_good].into_iter().flatten() {
-        if !keep.contains(&id) {
-            keep.push(id);
-        }
+    if !booted_good
+        && let Some(g) = newest_good
+        && !keep.contains(&g)
+    {
+        keep.push(g);
     }
     let limit = usize::from(st.keep);
     if keep.len() > limit {

@@ -82,7 +82,35 @@ if has tamper-read; then
 	fi
 	say "head_sha256=$(head -c 409600 "$blob" | sha256sum | cut -d' ' -f1)"
 fi
+if has version; then
+	say "version=$(cat /usr/share/imgmount-test/version 2>&1)"
+	say "etc_version=$(cat /etc/imgmount-test-version 2>&1)"
+fi
+if has status; then
+	say "status=$(imgmount status --json 2>&1 | tr -d '\n')"
+	imgmount status > /dev/ttyS0 2>&1
+fi
+if has deploy; then
+	sig=$(arg signature)
+	imgmount deploy "$(arg deploy)" --tries "$(arg tries)" ${sig:+--signature "$sig"} > /dev/ttyS0 2>&1
+	say "deploy=$?"
+	sync
+fi
+if has rollback; then
+	imgmount rollback > /dev/ttyS0 2>&1
+	say "rollback=$?"
+	sync
+fi
 say "done"
+if has deploy-loop; then
+	# Deploys the images named by imgmount_test.loop= in turn until the machine is killed.
+	say "deploy_loop=started"
+	while :; do
+		for t in $(arg loop | tr ',' ' '); do
+			imgmount deploy "$t" > /dev/ttyS0 2>&1
+		done
+	done
+fi
 
 case "$(arg end)" in
 poweroff) systemctl poweroff ;;
