@@ -313,9 +313,10 @@ fn help(cmd: &str) -> String {
     stdout(&out)
 }
 
-const COMMANDS: [&str; 14] = [
+const COMMANDS: [&str; 22] = [
     "create", "dump", "ls", "cat", "digest", "mount", "umount", "import", "images", "tag", "rm",
-    "gc", "fsck", "extract",
+    "gc", "fsck", "extract", "deploy", "status", "rollback", "bless", "mark-bad", "check",
+    "keygen", "sign",
 ];
 
 #[test]
