@@ -62,20 +62,31 @@ impl Fixture {
 
     /// This "boot" is of the pinned image vN.
     fn boot_pinned(&self, n: usize) {
-        std::fs::write(self.booted_file(), imgmount::deploy::booted::format(None, &self.v(n))).unwrap();
+        std::fs::write(
+            self.booted_file(),
+            imgmount::deploy::booted::format(None, &self.v(n)),
+        )
+        .unwrap();
     }
 
     /// This "boot" is deployment `id`.
     fn boot_deployment(&self, id: u32) {
         let st = self.state();
         let image = st.get(id).unwrap().image;
-        std::fs::write(self.booted_file(), imgmount::deploy::booted::format(Some(id), &image)).unwrap();
+        std::fs::write(
+            self.booted_file(),
+            imgmount::deploy::booted::format(Some(id), &image),
+        )
+        .unwrap();
     }
 
     /// `imgmount CMD --store S --booted-file B ARGS`.
     fn run(&self, cmd: &str, args: &[&str]) -> Output {
         let mut c = Command::new(BIN);
-        c.arg(cmd).arg("--store").arg(self.store());
+        c.arg(cmd);
+        if cmd != "keygen" {
+            c.arg("--store").arg(self.store());
+        }
         if !matches!(cmd, "sign" | "keygen" | "rm" | "gc" | "cat") {
             c.arg("--booted-file").arg(self.booted_file());
         }
@@ -124,10 +135,16 @@ fn deploy_bless_rollback_and_mark_bad() {
     let f = Fixture::new();
     assert!(f.ok("status", &[]).contains("no deployments"));
     let out = f.ok("deploy", &["v2", "--tries", "2"]);
-    assert!(out.contains("deployment 2") && out.contains("pending, 2 tries"), "{out}");
+    assert!(
+        out.contains("deployment 2") && out.contains("pending, 2 tries"),
+        "{out}"
+    );
     let st = f.status();
     assert_eq!(st["next_boot"], 2);
-    assert_eq!(st["booted"], 1, "the pinned boot is adopted as deployment 1");
+    assert_eq!(
+        st["booted"], 1,
+        "the pinned boot is adopted as deployment 1"
+    );
     assert_eq!(st["rollback"], 1);
     assert_eq!(entry(&st, 1)["state"], "good");
     assert_eq!(entry(&st, 2)["state"], "pending");
@@ -139,7 +156,10 @@ fn deploy_bless_rollback_and_mark_bad() {
     assert!(f.ok("bless", &[]).contains("is good"));
     assert!(f.ok("bless", &[]).contains("already good"));
     let st = f.status();
-    assert_eq!((st["booted"].clone(), st["rollback"].clone()), (2.into(), 1.into()));
+    assert_eq!(
+        (st["booted"].clone(), st["rollback"].clone()),
+        (2.into(), 1.into())
+    );
 
     // Rollback makes 1 the next boot, and back again.
     assert!(f.ok("rollback", &[]).contains("deployment 1"));
@@ -149,20 +169,37 @@ fn deploy_bless_rollback_and_mark_bad() {
     // A third deployment, marked bad by hand: the next boot is the last good one.
     f.ok("deploy", &["v3"]);
     let st = f.status();
-    assert_eq!(st["deployments"].as_array().unwrap().len(), 2, "A/B: two kept: {st:#}");
+    assert_eq!(
+        st["deployments"].as_array().unwrap().len(),
+        2,
+        "A/B: two kept: {st:#}"
+    );
     assert!(entry(&st, 3)["state"] == "pending");
-    let out = f.ok("mark-bad", &["--deployment", "3", "--reason", "web\nserver down"]);
+    let out = f.ok(
+        "mark-bad",
+        &["--deployment", "3", "--reason", "web\nserver down"],
+    );
     assert!(out.contains("the next boot is deployment 2"), "{out}");
     let st = f.status();
     assert_eq!(entry(&st, 3)["state"], "bad");
-    assert_eq!(entry(&st, 3)["note"], "web server down", "control characters cleaned");
+    assert_eq!(
+        entry(&st, 3)["note"],
+        "web server down",
+        "control characters cleaned"
+    );
     assert!(f.ok("status", &[]).contains("bad: web server down"));
     f.boot_deployment(3);
     assert!(f.fails("bless", &[], 1).contains("marked bad"));
 
     // Bad usage is exit 2, naming the flag.
-    assert!(f.fails("deploy", &["v1", "--tries", "0"], 2).contains("--tries"));
-    assert!(f.fails("deploy", &["v1", "--keep", "1"], 2).contains("--keep"));
+    assert!(
+        f.fails("deploy", &["v1", "--tries", "0"], 2)
+            .contains("--tries")
+    );
+    assert!(
+        f.fails("deploy", &["v1", "--keep", "1"], 2)
+            .contains("--keep")
+    );
     assert!(f.fails("deploy", &["nonesuch"], 1).contains("nonesuch"));
     // Without a record of the boot, there is nothing to bless or mark.
     std::fs::remove_file(f.booted_file()).unwrap();
@@ -177,7 +214,10 @@ fn keygen_sign_and_deploy_with_a_signature_file() {
     assert!(out.contains("release.pub"), "{out}");
     let secret = f.dir.path().join("release");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert!(f.fails("keygen", &["release"], 1).contains("exists"));
     let public = std::fs::read_to_string(f.dir.path().join("release.pub")).unwrap();
     let key = imgmount::deploy::keys::parse_public(&public).unwrap();
@@ -200,7 +240,9 @@ fn keygen_sign_and_deploy_with_a_signature_file() {
     // Signed in the store directly; the boot's rule accepts the trusted key only.
     f.ok("sign", &["--key", "release", "v3"]);
     let store = Dir::open(&f.store()).unwrap();
-    let sigs = imgmount::deploy::store::read_signatures(&store, &f.v(3)).unwrap().unwrap();
+    let sigs = imgmount::deploy::store::read_signatures(&store, &f.v(3))
+        .unwrap()
+        .unwrap();
     let trusted = [imgmount::deploy::keys::PublicKey {
         name: "release".into(),
         key,
@@ -229,7 +271,10 @@ fn rm_and_gc_keep_deployed_images() {
     f.ok("rm", &["v3"]);
     f.ok("gc", &[]);
     let cat = f.ok("cat", &[&f.v(2).to_string(), "/etc/os"]);
-    assert_eq!(cat, "v2\n", "the deployed image and its objects survived gc");
+    assert_eq!(
+        cat, "v2\n",
+        "the deployed image and its objects survived gc"
+    );
     let v3 = f.run("cat", &[&f.v(3).to_string(), "/etc/os"]);
     assert!(!v3.status.success(), "an image not deployed went");
 }
@@ -252,7 +297,10 @@ fn check_runs_required_and_wanted_and_records_a_failure() {
     let dir = checks.to_str().unwrap();
     let out = f.ok("check", &["--dir", dir, "--no-reboot"]);
     assert!(out.contains("every required health check passed"), "{out}");
-    put("required.d/20-web", "#!/bin/sh\necho 'no answer on :80' >&2\nexit 1\n");
+    put(
+        "required.d/20-web",
+        "#!/bin/sh\necho 'no answer on :80' >&2\nexit 1\n",
+    );
     let err = f.fails("check", &["--dir", dir, "--no-reboot"], 1);
     assert!(err.contains("20-web") && err.contains("no answer"), "{err}");
     let st = f.status();
@@ -269,7 +317,12 @@ fn check_runs_required_and_wanted_and_records_a_failure() {
     f.fails("check", &["--dir", dir, "--no-reboot"], 1);
     let st = f.status();
     assert_eq!(entry(&st, 2)["state"], "bad");
-    assert!(entry(&st, 2)["note"].as_str().unwrap().contains("no answer on :80"));
+    assert!(
+        entry(&st, 2)["note"]
+            .as_str()
+            .unwrap()
+            .contains("no answer on :80")
+    );
     assert_eq!(st["next_boot"], 1, "the last good deployment boots next");
     // A check that hangs is killed at the timeout.
     put("required.d/30-hang", "#!/bin/sh\nsleep 60\n");
@@ -345,5 +398,8 @@ fn deploy_killed_at_random_points_leaves_a_whole_state() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(".tmp-"))
         .collect();
-    assert!(names.len() <= 2, "temporary files are cleaned up by the next change: {names:?}");
+    assert!(
+        names.len() <= 2,
+        "temporary files are cleaned up by the next change: {names:?}"
+    );
 }

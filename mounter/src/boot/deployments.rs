@@ -268,3 +268,87 @@ fn record_boot(layout: &Layout, deployment: Option<u32>, digest: &Digest) {
         eprintln!("imgmount: warning: cannot write {}: {e}", path.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::cmdline::{parse, split};
+    use crate::deploy::state::tests::sample;
+
+    fn layout(root: &Path) -> Layout {
+        let cfg = parse(&split(
+            "imgmount.store=/dev/vdb imgmount.image=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ))
+        .unwrap();
+        Layout::new(&cfg, Path::new("/sysroot"), root)
+    }
+
+    #[test]
+    fn a_first_boot_starts_from_the_previous_changes_once() {
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let l = layout(t.path());
+        let from = l.state_dir.join("etc/deploy-1/upper");
+        std::fs::create_dir_all(from.join("ssh")).unwrap();
+        std::fs::write(from.join("hostname"), "box\n").unwrap();
+        std::fs::write(from.join("ssh/sshd_config"), "Port 22\n").unwrap();
+        std::os::unix::fs::symlink("/usr/share/zoneinfo/UTC", from.join("localtime")).unwrap();
+        carry_etc(&l, "deploy-2", Some("deploy-1")).unwrap();
+        let to = l.state_dir.join("etc/deploy-2/upper");
+        assert_eq!(
+            std::fs::read_to_string(to.join("hostname")).unwrap(),
+            "box\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(to.join("ssh/sshd_config")).unwrap(),
+            "Port 22\n"
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("localtime")).unwrap(),
+            Path::new("/usr/share/zoneinfo/UTC")
+        );
+        // Its own changes from then on: never copied over again.
+        std::fs::write(to.join("hostname"), "other\n").unwrap();
+        std::fs::write(from.join("hostname"), "changed later\n").unwrap();
+        carry_etc(&l, "deploy-2", Some("deploy-1")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(to.join("hostname")).unwrap(),
+            "other\n"
+        );
+        // An interrupted copy is redone; nothing to copy from is the image's /etc.
+        std::fs::create_dir_all(l.state_dir.join("etc/.tmp-deploy-3/upper/junk")).unwrap();
+        carry_etc(&l, "deploy-3", Some("deploy-1")).unwrap();
+        assert!(!l.state_dir.join("etc/.tmp-deploy-3").exists());
+        assert!(!l.state_dir.join("etc/deploy-3/upper/junk").exists());
+        carry_etc(&l, "deploy-4", Some("deploy-9")).unwrap();
+        carry_etc(&l, "deploy-5", None).unwrap();
+        assert!(!l.state_dir.join("etc/deploy-4").exists());
+        assert!(!l.state_dir.join("etc/deploy-5").exists());
+    }
+
+    #[test]
+    fn the_etc_of_pruned_deployments_goes() {
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let l = layout(t.path());
+        let st = sample();
+        for name in [
+            "deploy-1",
+            "deploy-2",
+            "deploy-9",
+            ".tmp-deploy-8",
+            "0123abcd",
+        ] {
+            std::fs::create_dir_all(l.state_dir.join("etc").join(name).join("upper")).unwrap();
+        }
+        prune_etc(&l, &st);
+        let mut left: Vec<String> = std::fs::read_dir(l.state_dir.join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["0123abcd", "deploy-1", "deploy-2"],
+            "a pinned image's /etc stays"
+        );
+    }
+}

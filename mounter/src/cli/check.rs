@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,16 +76,19 @@ fn run_check(path: &Path, timeout: Duration) -> Option<String> {
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    // Its own process group, so that a timeout kills what it started too.
     let mut child = match Command::new(path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
     {
         Ok(c) => c,
         Err(e) => return Some(format!("{name} cannot be started: {e}")),
     };
-    let readers: Vec<_> = [
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let streams = [
         child
             .stdout
             .take()
@@ -93,23 +97,27 @@ fn run_check(path: &Path, timeout: Duration) -> Option<String> {
             .stderr
             .take()
             .map(|e| Box::new(e) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|mut r| {
+    ];
+    let mut readers = 0;
+    for mut r in streams.into_iter().flatten() {
+        let tx = tx.clone();
+        readers += 1;
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let _ = r.by_ref().take(1 << 20).read_to_end(&mut buf);
-            buf
-        })
-    })
-    .collect();
+            let _ = tx.send(buf);
+        });
+    }
     let start = Instant::now();
+    let kill_group = |pid: u32| {
+        // SAFETY: kill has no memory preconditions; a negative pid names the group.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break Ok(s),
             Ok(None) if start.elapsed() >= timeout => {
-                let _ = child.kill();
+                kill_group(child.id());
                 let _ = child.wait();
                 break Err(format!(
                     "{name} did not finish within {} s",
@@ -120,10 +128,12 @@ fn run_check(path: &Path, timeout: Duration) -> Option<String> {
             Err(e) => break Err(format!("{name}: {e}")),
         }
     };
+    // What it left running in the background may hold its output open: wait a little.
     let mut output = String::new();
-    for r in readers {
-        if let Ok(b) = r.join() {
-            output.push_str(&String::from_utf8_lossy(&b));
+    for _ in 0..readers {
+        match rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(b) => output.push_str(&String::from_utf8_lossy(&b)),
+            Err(_) => break,
         }
     }
     for line in output.lines() {

@@ -357,6 +357,38 @@ mod tests {
     use super::*;
     use crate::deploy::state::tests::image;
 
+    #[test]
+    fn a_blessed_boot_and_the_new_deployment_are_the_a_and_b() {
+        let mut s = DeploymentState::empty();
+        for (id, status) in [(1, Status::Good), (2, Status::Good)] {
+            s.deployments.push(crate::deploy::state::tests::deployment(
+                id, id as u8, status,
+            ));
+        }
+        s.next_id = 3;
+        s.default = Some(1);
+        let (s, out) = deploy(Some(&s), &Booted::Deployment(1), &req(3)).unwrap();
+        let ids: Vec<u32> = s.deployments.iter().map(|d| d.id).collect();
+        assert_eq!(
+            ids,
+            [1, 3],
+            "the newer good deployment 2 is pruned: {out:?}"
+        );
+        // On trial, the booted one keeps the last good one beside it, and a third is
+        // refused with keep 2.
+        let err = deploy(Some(&s), &Booted::Deployment(3), &req(4)).unwrap_err();
+        assert!(err.to_string().contains("not blessed yet"), "{err}");
+        let mut wide = s.clone();
+        wide.keep = 3;
+        let (s, _) = deploy(Some(&wide), &Booted::Deployment(3), &req(4)).unwrap();
+        let ids: Vec<u32> = s.deployments.iter().map(|d| d.id).collect();
+        assert_eq!(
+            ids,
+            [1, 3, 4],
+            "the booted trial, the last good, the new one"
+        );
+    }
+
     fn req(n: u8) -> DeployRequest {
         DeployRequest {
             image: image(n),
