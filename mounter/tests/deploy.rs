@@ -180,7 +180,7 @@ fn deployment<'a>(st: &'a serde_json::Value, image: &Digest) -> &'a serde_json::
         .unwrap_or_else(|| panic!("no deployment of {image}: {st:#}"))
 }
 
-fn booted<'a>(st: &'a serde_json::Value) -> &'a serde_json::Value {
+fn booted(st: &serde_json::Value) -> &serde_json::Value {
     let id = st["booted"]
         .as_u64()
         .unwrap_or_else(|| panic!("nothing booted: {st:#}"));

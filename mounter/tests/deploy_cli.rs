@@ -121,7 +121,7 @@ impl Fixture {
     }
 }
 
-fn entry<'a>(st: &'a serde_json::Value, id: u64) -> &'a serde_json::Value {
+fn entry(st: &serde_json::Value, id: u64) -> &serde_json::Value {
     st["deployments"]
         .as_array()
         .unwrap()

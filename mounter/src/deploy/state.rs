@@ -588,7 +588,8 @@ pub(crate) mod tests {
         }
         let good = sample().encode().unwrap();
         let first = HEADER + BODY_FIXED;
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        type Change = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("keep 1", Box::new(|b| b[HEADER + 12] = 1)),
             ("default missing", Box::new(|b| b[HEADER + 16] = 9)),
             ("status 7", Box::new(move |b| b[first + 5] = 7)),
