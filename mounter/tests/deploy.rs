@@ -72,11 +72,12 @@ fn version_layer(dir: &Path, n: u32) {
             &fs::read(contrib.join(unit)).unwrap(),
             0o644,
         );
-        link(
-            &format!("../{unit}"),
-            &format!("etc/systemd/system/multi-user.target.wants/{unit}"),
-        );
     }
+    // What `systemctl enable` makes of their [Install] sections.
+    link(
+        "../imgmount-bless.service",
+        "etc/systemd/system/multi-user.target.wants/imgmount-bless.service",
+    );
     link(
         "../imgmount-check.service",
         "etc/systemd/system/boot-complete.target.requires/imgmount-check.service",
@@ -164,10 +165,15 @@ fn cmdline(images: &Images, extra: &str) -> String {
     )
 }
 
-/// `imgmount status --json` as the boot reported it.
+/// `imgmount status --json` as the boot reported it (`status`, or `status_after` its
+/// deploy or rollback).
+fn status_at(r: &Report, key: &str) -> serde_json::Value {
+    serde_json::from_str(r.get(key))
+        .unwrap_or_else(|e| panic!("{key} is not JSON ({e}): {}", r.get(key)))
+}
+
 fn status(r: &Report) -> serde_json::Value {
-    serde_json::from_str(r.get("status"))
-        .unwrap_or_else(|e| panic!("status is not JSON ({e}): {}", r.get("status")))
+    status_at(r, "status")
 }
 
 fn deployment<'a>(st: &'a serde_json::Value, image: &Digest) -> &'a serde_json::Value {
@@ -263,7 +269,8 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
     assert_eq!(r.get("root_source"), format!("imgmount:{}", images.v(1)));
     assert_eq!(r.get("version"), "v1");
     assert_eq!(r.get("deploy"), "0");
-    let st = status(&r);
+    assert_eq!(status(&r)["deployments"], serde_json::json!([]), "no deployments before");
+    let st = status_at(&r, "status_after");
     assert_eq!(st["next_boot"], deployment(&st, &images.v(2))["id"]);
     assert_eq!(
         deployment(&st, &images.v(1))["state"],

@@ -101,6 +101,9 @@ if has rollback; then
 	say "rollback=$?"
 	sync
 fi
+if has status && { has deploy || has rollback; }; then
+	say "status_after=$(imgmount status --json 2>&1 | tr -d '\n')"
+fi
 say "done"
 if has deploy-loop; then
 	# Deploys the images named by imgmount_test.loop= in turn until the machine is killed.
