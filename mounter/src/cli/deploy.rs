@@ -49,7 +49,7 @@ pub struct DeployArgs {
     /// Boots it may take before it counts as bad if never blessed (1 to 100).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_TRIES)]
     pub tries: u8,
-    /// A signature file of the image (made by `imgmount sign --output`), stored with it.
+    /// A signature file of the image (made by `imgmount sign`), stored with it.
     #[arg(long, value_name = "FILE")]
     pub signature: Option<PathBuf>,
     /// Keep at most K deployments from now on (2 to 32; default: as before, first 2).
