@@ -269,7 +269,11 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
     assert_eq!(r.get("root_source"), format!("imgmount:{}", images.v(1)));
     assert_eq!(r.get("version"), "v1");
     assert_eq!(r.get("deploy"), "0");
-    assert_eq!(status(&r)["deployments"], serde_json::json!([]), "no deployments before");
+    assert_eq!(
+        status(&r)["deployments"],
+        serde_json::json!([]),
+        "no deployments before"
+    );
     let st = status_at(&r, "status_after");
     assert_eq!(st["next_boot"], deployment(&st, &images.v(2))["id"]);
     assert_eq!(

@@ -87,7 +87,7 @@ impl Fixture {
         if cmd != "keygen" {
             c.arg("--store").arg(self.store());
         }
-        if !matches!(cmd, "sign" | "keygen" | "rm" | "gc" | "cat") {
+        if !matches!(cmd, "sign" | "keygen" | "rm" | "gc" | "cat" | "import") {
             c.arg("--booted-file").arg(self.booted_file());
         }
         c.args(args).current_dir(self.dir.path()).output().unwrap()
@@ -237,9 +237,39 @@ fn keygen_sign_and_deploy_with_a_signature_file() {
     std::fs::write(f.dir.path().join("bad.sig"), &bytes).unwrap();
     let err = f.fails("deploy", &["v2", "--signature", "bad.sig"], 1);
     assert!(err.contains("not a valid signature"), "{err}");
+    // import --signature stores it too.
+    f.ok("sign", &["--key", "release", "--output", "v1.sig", "v1"]);
+    let root = f.dir.path().join("root1");
+    f.ok(
+        "import",
+        &[
+            "--signature",
+            "v1.sig",
+            "--tag",
+            "v1",
+            &format!("dir:{}", root.display()),
+        ],
+    );
+    let store = Dir::open(&f.store()).unwrap();
+    assert!(
+        imgmount::deploy::store::read_signatures(&store, &f.v(1))
+            .unwrap()
+            .is_some()
+    );
+    let err = f.fails(
+        "import",
+        &[
+            "--signature",
+            "v1.sig",
+            "--tag",
+            "v3",
+            &format!("dir:{}", f.dir.path().join("root3").display()),
+        ],
+        1,
+    );
+    assert!(err.contains("not sha256") || err.contains("signs"), "{err}");
     // Signed in the store directly; the boot's rule accepts the trusted key only.
     f.ok("sign", &["--key", "release", "v3"]);
-    let store = Dir::open(&f.store()).unwrap();
     let sigs = imgmount::deploy::store::read_signatures(&store, &f.v(3))
         .unwrap()
         .unwrap();

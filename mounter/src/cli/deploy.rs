@@ -14,9 +14,9 @@ use super::store_path::resolve_image;
 use crate::deploy::commit::StateRead;
 use crate::deploy::keys::{self, TRUSTED_DIR, TrustSpec};
 use crate::deploy::ops::{self, DeployOutcome, DeployRequest, OpError};
-use crate::deploy::signature::{MAX_FILE_BYTES, SignatureCheck, Signatures};
+use crate::deploy::signature::SignatureCheck;
 use crate::deploy::state::{DEFAULT_TRIES, MAX_DEPLOYMENTS, MAX_TRIES};
-use crate::deploy::store::{self, add_signatures, now, read_signatures};
+use crate::deploy::store::{self, now, read_signatures, store_signature_file};
 
 /// Stage an image as the next boot, on trial.
 ///
@@ -93,21 +93,8 @@ pub fn run(args: DeployArgs) -> Result<()> {
     let (objstore, image) = resolve_image(&args.common.store, &args.image, &args.registry)?;
     let root = objstore.root_fd().clone();
     if let Some(file) = &args.signature {
-        let bytes = fsops::read_regular(file, MAX_FILE_BYTES)
-            .with_context(|| format!("reading the signature file {}", file.display()))?;
-        let sigs = Signatures::decode(&bytes)
-            .map_err(|e| anyhow::anyhow!("the signature file {} {e}", file.display()))?;
-        if sigs.digest != image.digest {
-            anyhow::bail!(
-                "the signature file {} signs {}, not {} ({})",
-                file.display(),
-                sigs.digest,
-                image.digest,
-                args.image
-            );
-        }
-        add_signatures(&root, &sigs)
-            .with_context(|| format!("storing the signatures of {}", file.display()))?;
+        store_signature_file(&root, file, &image.digest)
+            .with_context(|| format!("deploying {}", args.image))?;
     }
     warn_if_untrusted(&root, &image.digest);
     // The tag it was named by, else one that names it (a SOURCE's import tags it).

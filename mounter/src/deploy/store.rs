@@ -102,6 +102,28 @@ pub fn add_signatures(store: &Dir, new: &Signatures) -> Result<Signatures> {
     Ok(merged)
 }
 
+/// Reads a signature file the user named (`deploy --signature`, `import --signature`),
+/// checks it signs `digest` and that each signature verifies, and stores it with the image.
+pub fn store_signature_file(
+    store: &Dir,
+    file: &std::path::Path,
+    digest: &Digest,
+) -> Result<Signatures> {
+    let bytes = imgmount_format::store::fsops::read_regular(file, MAX_FILE_BYTES)
+        .with_context(|| format!("reading the signature file {}", file.display()))?;
+    let sigs = Signatures::decode(&bytes)
+        .map_err(|e| anyhow::anyhow!("the signature file {} {e}", file.display()))?;
+    if sigs.digest != *digest {
+        bail!(
+            "the signature file {} signs {}, not {digest}",
+            file.display(),
+            sigs.digest
+        );
+    }
+    add_signatures(store, &sigs)
+        .with_context(|| format!("storing the signatures of {}", file.display()))
+}
+
 /// Seconds since the epoch, now.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
