@@ -37,8 +37,8 @@ pub struct Chosen {
     /// The image, read whole and checked against its digest.
     pub image: Image,
     pub digest: Digest,
-    /// How it was named, for messages.
-    pub named: ImageRef,
+    /// What it is, for messages: `deployment N`, or how the command line names it.
+    pub named: String,
     /// The deployment, or None for the image the command line pins.
     pub deployment: Option<u32>,
     /// Its `/etc` folder's name under `STATE/etc/`.
@@ -185,8 +185,8 @@ pub fn choose(cfg: &BootConfig, layout: &Layout, trusted_dir: &Path) -> Result<C
     }
     record_boot(layout, deployment, &digest);
     let named = match deployment {
-        Some(id) => ImageRef::Tag(format!("deployment-{id}")),
-        None => cfg.image.clone(),
+        Some(id) => format!("deployment {id}"),
+        None => cfg.image.to_string(),
     };
     Ok(Chosen {
         image,
