@@ -42,16 +42,17 @@ done
 blob=/usr/share/imgmount-test/blob
 say "blob_sha256=$(sha256sum < "$blob" | cut -d' ' -f1)"
 
+# What earlier boots left, before this one writes anything.
+if has check-state; then
+	say "etc_state=$(cat /etc/imgmount-test 2>&1)"
+	say "var_state=$(cat /var/lib/imgmount-test/state 2>&1)"
+fi
 if has write-state; then
 	echo "etc-$(arg token)" > /etc/imgmount-test
 	mkdir -p /var/lib/imgmount-test
 	echo "var-$(arg token)" > /var/lib/imgmount-test/state
 	sync
 	say "wrote_state=$(arg token)"
-fi
-if has check-state; then
-	say "etc_state=$(cat /etc/imgmount-test 2>&1)"
-	say "var_state=$(cat /var/lib/imgmount-test/state 2>&1)"
 fi
 if has write-usr; then
 	if echo x > /usr/imgmount-test-transient 2>/dev/null; then
