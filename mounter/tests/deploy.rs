@@ -159,10 +159,17 @@ fn build_images(img: &TestImage, dir: &Path) -> Images {
 /// The kernel command line: v1 pinned, and the test's actions.
 fn cmdline(images: &Images, extra: &str) -> String {
     format!(
-        "console=ttyS0 ro boot=imgmount imgmount.store=LABEL={STORE_LABEL} imgmount.image=v1 \
+        "console=ttyS0 ro imgmount.store=LABEL={STORE_LABEL} imgmount.image=v1 \
          imgmount.digest={} {extra}",
         images.v(1)
     )
+}
+
+/// Which initramfs a boot uses: initramfs-tools (`boot=imgmount`), or dracut.
+#[derive(Clone, Copy)]
+enum Initramfs {
+    Tools,
+    Dracut,
 }
 
 /// `imgmount status --json` as the boot reported it (`status`, or `status_after` its
@@ -244,22 +251,22 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
         3 << 30,
         false,
     );
-    let initrd = img.initrd_tools.clone();
     let total = Instant::now();
     let mut count = 0;
-    let mut boot = |boots: &mut Boots, name: &str, extra: &str| {
+    let mut boot = |boots: &mut Boots, which: Initramfs, name: &str, extra: &str| {
         count += 1;
-        boots.start(
-            &format!("{count:02}-{name}"),
-            &initrd,
-            &[&disk],
-            &cmdline(&images, extra),
-        )
+        let (initrd, family) = match which {
+            Initramfs::Tools => (&img.initrd_tools, "boot=imgmount "),
+            Initramfs::Dracut => (&img.initrd_dracut, ""),
+        };
+        let line = format!("{family}{}", cmdline(&images, extra));
+        boots.start(&format!("{count:02}-{name}"), initrd, &[&disk], &line)
     };
 
     // 1. v1, pinned, first boot: /etc and /var written; v2 deployed with 2 tries.
     let mut vm = boot(
         &mut boots,
+        Initramfs::Tools,
         "v1-deploy-v2",
         "imgmount_test.actions=write-state,version,deploy,status imgmount_test.token=a \
          imgmount_test.deploy=v2 imgmount_test.tries=2 imgmount_test.end=reboot",
@@ -287,6 +294,7 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
     for try_no in 1..=2 {
         let mut vm = boot(
             &mut boots,
+            Initramfs::Tools,
             &format!("v2-try-{try_no}"),
             "imgmount_test.actions=",
         );
@@ -299,6 +307,7 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
     // 4. v1 boots by itself; v2 is bad with the reason. /etc and /var are v1's. v3 deployed.
     let mut vm = boot(
         &mut boots,
+        Initramfs::Tools,
         "v1-after-v2-deploy-v3",
         "imgmount_test.actions=check-state,version,status,deploy imgmount_test.deploy=v3 \
          imgmount_test.tries=3 imgmount_test.end=reboot",
@@ -322,6 +331,7 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
     // /etc and /var written again and `imgmount rollback`.
     let mut vm = boot(
         &mut boots,
+        Initramfs::Tools,
         "v3-update",
         "imgmount_test.actions=check-state,version,write-state,status,rollback \
          imgmount_test.token=b imgmount_test.end=reboot",
@@ -352,6 +362,7 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
     // v4 (signed by a key the initramfs does not trust) deployed.
     let mut vm = boot(
         &mut boots,
+        Initramfs::Tools,
         "v1-rollback-deploy-v4",
         "imgmount_test.actions=check-state,version,status,deploy imgmount_test.deploy=v4 \
          imgmount_test.tries=3 imgmount_test.end=reboot",
@@ -372,6 +383,7 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
     // its signature file.
     let mut vm = boot(
         &mut boots,
+        Initramfs::Tools,
         "v4-refused-deploy-v5",
         "imgmount_test.actions=version,status,deploy imgmount_test.deploy=v5 \
          imgmount_test.tries=3 imgmount_test.signature=/run/imgmount/store/v5.sig \
@@ -390,17 +402,20 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
     assert_eq!(r.get("deploy"), "0");
     vm.wait_exit(REBOOT);
 
-    // 8. v5, signed by the trusted key, boots and is blessed. It starts the power-cut
-    // trials: deploying v3 and v5 in turn until killed.
+    // 8. v5, signed by the trusted key, boots and is blessed, from the dracut initramfs (its
+    // module ships the trusted key too). It starts the power-cut trials: deploying v1, v3
+    // and v5 in turn until killed (two of each three leave an image staged, whose first
+    // boot the next trial cuts).
     let seed = std::env::var("IMGMOUNT_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_0008_u64);
     eprintln!("deploy: power-cut seed {seed} (IMGMOUNT_TEST_SEED)");
     let mut rng = common::data(seed, 2 * TRIALS + 2).into_iter();
-    let trial_cmdline = "imgmount_test.actions=version,status,deploy-loop imgmount_test.loop=v3,v5";
+    let trial_cmdline =
+        "imgmount_test.actions=version,status,deploy-loop imgmount_test.loop=v1,v3,v5";
     let good = [images.v(1), images.v(3), images.v(5)];
-    let mut vm = boot(&mut boots, "v5-signed", trial_cmdline);
+    let mut vm = boot(&mut boots, Initramfs::Dracut, "v5-signed", trial_cmdline);
     let (r, at) = vm.wait_report(BOOT);
     eprintln!("deploy: v5 (signed) booted ({at:.1?})");
     let st = status(&r);
@@ -425,7 +440,12 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
         ));
         // The next boot (the staged image's first, if a deploy completed) is cut part way.
         let wait = Duration::from_millis(8_000 + u64::from(rng.next().unwrap()) * 250);
-        vm = boot(&mut boots, &format!("trial-{round}-cut"), trial_cmdline);
+        vm = boot(
+            &mut boots,
+            Initramfs::Tools,
+            &format!("trial-{round}-cut"),
+            trial_cmdline,
+        );
         std::thread::sleep(wait);
         let seen = vm.console();
         let phase = seen
@@ -441,7 +461,12 @@ fn deployments_roll_back_update_survive_power_cuts_and_check_signatures() {
             2 * round + 1
         ));
         // The check boot, which also starts the next round.
-        vm = boot(&mut boots, &format!("trial-{round}-check"), trial_cmdline);
+        vm = boot(
+            &mut boots,
+            Initramfs::Tools,
+            &format!("trial-{round}-check"),
+            trial_cmdline,
+        );
         let (r, at) = vm.wait_report(BOOT);
         let st = status(&r);
         check_consistent(&r, &st, &good);
