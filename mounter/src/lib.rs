@@ -5,5 +5,6 @@
 
 pub mod boot;
 pub mod cli;
+pub mod deploy;
 pub mod fs;
 pub mod read;

@@ -313,7 +313,7 @@ fn help(cmd: &str) -> String {
     stdout(&out)
 }
 
-const COMMANDS: [&str; 18] = [
+const COMMANDS: [&str; 26] = [
     "create",
     "dump",
     "ls",
@@ -332,6 +332,14 @@ const COMMANDS: [&str; 18] = [
     "enable-verity",
     "stats",
     "setup-root",
+    "deploy",
+    "status",
+    "rollback",
+    "bless",
+    "mark-bad",
+    "check",
+    "keygen",
+    "sign",
 ];
 
 #[test]

@@ -40,4 +40,11 @@ install() {
     mkdir -p "${initdir}${systemdsystemunitdir}/initrd-root-fs.target.wants"
     ln_r "$systemdsystemunitdir/imgmount-setup-root.service" \
         "$systemdsystemunitdir/initrd-root-fs.target.wants/imgmount-setup-root.service"
+    # The keys whose signatures make a deployment bootable (IMGMOUNT_TRUSTED_DIR to take
+    # them from elsewhere); setup-root reads them at /etc/imgmount/trusted.d.
+    local keys="${IMGMOUNT_TRUSTED_DIR:-/etc/imgmount/trusted.d}" k
+    inst_dir /etc/imgmount/trusted.d
+    for k in "$keys"/*.pub; do
+        [[ -f $k ]] && inst_simple "$k" "/etc/imgmount/trusted.d/${k##*/}"
+    done
 }

@@ -16,6 +16,8 @@
 //! | `imgmount.store-fstype=TYPE` | the store filesystem's type, when probing cannot tell |
 //! | `imgmount.verity=require\|auto` | whether every file must carry a digest (default require) |
 //! | `imgmount.log=error\|warn\|info\|debug` | the daemon's log level (to the kernel log) |
+//! | `imgmount.trust=NAME` | trust only the key `NAME.pub` of the initramfs's `/etc/imgmount/trusted.d` for signed deployments (default: every key there) |
+//! | `imgmount.deployments=off` | ignore the store's deployments and boot the pinned image (a rescue boot) |
 //!
 //! Without `imgmount.store=`, a device in `root=` names the store, so a composefs command
 //! line (`root=UUID=… composefs=HEX`) works unchanged. Nothing boots without a pinned digest:
@@ -29,6 +31,7 @@ use imgmount_format::store::validate_tag;
 use imgmount_format::verity::Digest;
 
 use super::device::DeviceSpec;
+use crate::deploy::keys::TrustSpec;
 use crate::read::VerityMode;
 
 /// Default of `imgmount.store-path=`.
@@ -125,6 +128,10 @@ pub struct BootConfig {
     pub fstype: Option<String>,
     pub verity: VerityMode,
     pub log: Option<log::LevelFilter>,
+    /// Which keys of the initramfs sign deployments that may boot.
+    pub trust: TrustSpec,
+    /// False under `imgmount.deployments=off`.
+    pub deployments: bool,
 }
 
 /// Why the command line does not describe a bootable image.
@@ -354,7 +361,25 @@ pub fn parse(params: &[String]) -> Result<BootConfig, CmdlineError> {
             }
         }),
     };
+    let trust = match last(params, "imgmount.trust") {
+        None | Some("") => TrustSpec::All,
+        Some(v) if crate::deploy::keys::valid_name(v) => TrustSpec::Only(v.to_owned()),
+        Some(v) => {
+            return Err(bad(
+                "imgmount.trust",
+                v,
+                "not a key name (NAME of NAME.pub)",
+            ));
+        }
+    };
+    let deployments = match last(params, "imgmount.deployments") {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(v) => return Err(bad("imgmount.deployments", v, "expected on or off")),
+    };
     Ok(BootConfig {
+        trust,
+        deployments,
         store,
         wait,
         store_path,

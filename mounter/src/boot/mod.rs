@@ -14,6 +14,7 @@
 //! into the new root.
 
 pub mod cmdline;
+pub mod deployments;
 pub mod device;
 pub mod fsprobe;
 pub mod image;
@@ -35,7 +36,7 @@ use crate::fs::session;
 use crate::fs::{FsOptions, ImgFs};
 use crate::read::{Objects, ReadConfig};
 use cmdline::BootConfig;
-use plan::{Layout, Step};
+use plan::Layout;
 
 /// The argv[0] of the root daemon (see the module comment).
 pub const DAEMON_ARGV0: &str = "@imgmount";
@@ -219,19 +220,18 @@ fn daemon_log() -> (Option<std::fs::File>, LogStyle) {
 
 /// Everything `setup-root` does once the command line is understood. On error, nothing is
 /// left mounted on the target (the store filesystem stays mounted, for inspection).
-pub fn setup(cfg: &BootConfig, layout: &Layout, steps: &[Step]) -> anyhow::Result<()> {
+pub fn setup(cfg: &BootConfig, layout: &Layout) -> anyhow::Result<()> {
     protect_from_oom();
     if !Path::new("/dev/fuse").exists() {
         let _ = std::process::Command::new("modprobe").arg("fuse").status();
     }
     mount_store(cfg, layout)?;
-    let path = image::locate(&layout.store_dir, &cfg.image)?;
-    let img = image::load_verified(&path, &cfg.image, &cfg.pin)?;
-    eprintln!(
-        "imgmount: {} ({}) matches the pinned digest",
-        path.display(),
-        cfg.image
-    );
+    let chosen = deployments::choose(cfg, layout, Path::new(crate::deploy::keys::TRUSTED_DIR))?;
+    let img = chosen.image;
+    let mut layout = layout.clone();
+    layout.etc_name = chosen.etc_name;
+    let layout = &layout;
+    let steps = plan::root_steps(cfg, layout);
     session::raise_nofile_limit();
     let objects = Objects::new(ReadConfig {
         objects_dir: layout.store_in_chroot.join("objects"),
@@ -265,7 +265,7 @@ pub fn setup(cfg: &BootConfig, layout: &Layout, steps: &[Step]) -> anyhow::Resul
                 // chroot into the store hides.
                 clone_fd: false,
             };
-            let fsname = format!("imgmount:{}", cfg.pin);
+            let fsname = format!("imgmount:{}", chosen.digest);
             let store_mnt = layout.store_mnt.clone();
             let r = daemon::serve(
                 fs,
@@ -293,7 +293,7 @@ pub fn setup(cfg: &BootConfig, layout: &Layout, steps: &[Step]) -> anyhow::Resul
             r.with_context(|| format!("starting the daemon for {}", layout.target.display()))?
         }
     }
-    for step in steps {
+    for step in &steps {
         if let Err(e) = mounts::apply(step) {
             // Never leave a half-built root for the initramfs to boot.
             let _ = mounts::detach(&layout.target);
@@ -303,8 +303,8 @@ pub fn setup(cfg: &BootConfig, layout: &Layout, steps: &[Step]) -> anyhow::Resul
     eprintln!(
         "imgmount: {} is {} ({}), from the store on {}",
         layout.target.display(),
-        cfg.image,
-        cfg.pin,
+        chosen.named,
+        chosen.digest,
         cfg.store
     );
     Ok(())

@@ -28,6 +28,9 @@ pub struct Layout {
     pub store_in_chroot: PathBuf,
     /// `/etc` changes and `/var`: `store_mnt/<imgmount.state-path>`.
     pub state_dir: PathBuf,
+    /// The folder of the booted image's `/etc` changes under `state_dir/etc`: the pinned
+    /// image's digest (hex), or `deploy-N` for deployment N.
+    pub etc_name: String,
 }
 
 impl Layout {
@@ -39,6 +42,7 @@ impl Layout {
             store_dir: store_mnt.join(&cfg.store_path),
             store_in_chroot: Path::new("/").join(&cfg.store_path),
             state_dir: store_mnt.join(&cfg.state_path),
+            etc_name: cfg.pin.to_hex(),
             store_mnt,
         }
     }
@@ -158,7 +162,7 @@ pub fn root_steps(cfg: &BootConfig, layout: &Layout) -> Vec<Step> {
         EtcMode::Overlay => steps.extend(overlay(
             "imgmount-etc",
             image.join("etc"),
-            layout.etc_state(&cfg.pin.to_hex()),
+            layout.etc_state(&layout.etc_name),
             etc,
         )),
         EtcMode::Transient => {

@@ -53,6 +53,53 @@ fn copy_attrs(dst: &Path, md: &fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
+/// The extended attributes of `src` onto `dst`, neither followed if a symlink: overlayfs
+/// keeps its opaque-directory marks (`trusted.overlay.opaque`) in them.
+fn copy_xattrs(src: &Path, dst: &Path) -> io::Result<()> {
+    let (s, d) = (cstr(src)?, cstr(dst)?);
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: `s` is a valid path; the buffer's pointer and length describe `names`.
+    let n = unsafe { libc::llistxattr(s.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOTSUP) => Ok(()),
+            _ => Err(e),
+        };
+    }
+    names.truncate(n as usize);
+    let mut value = vec![0u8; 64 << 10];
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = CString::new(name).map_err(|_| io::Error::other("NUL in an xattr name"))?;
+        // SAFETY: valid path and name; the buffer's pointer and length describe `value`.
+        let len = unsafe {
+            libc::lgetxattr(
+                s.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: valid path and name; `len` bytes of `value` were filled by lgetxattr.
+        let r = unsafe {
+            libc::lsetxattr(
+                d.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                len as usize,
+                0,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Copies one non-directory entry.
 fn copy_entry(src: &Path, dst: &Path, md: &fs::Metadata) -> io::Result<()> {
     let ft = md.file_type();
@@ -76,8 +123,9 @@ fn copy_entry(src: &Path, dst: &Path, md: &fs::Metadata) -> io::Result<()> {
 }
 
 /// Copies the tree at `from` to `to` (which must not exist): directories, files, symlinks and
-/// special files, with owners, modes and times. Iterative, so depth costs no stack.
-pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// special files, with owners, modes and times, and with `xattrs` their extended
+/// attributes. Iterative, so depth costs no stack.
+pub fn copy_tree(from: &Path, to: &Path, xattrs: bool) -> anyhow::Result<()> {
     let root_md = fs::symlink_metadata(from).with_context(|| format!("stat {}", from.display()))?;
     fs::create_dir(to).with_context(|| format!("creating {}", to.display()))?;
     // Directories get their attributes after their contents, deepest first.
@@ -92,9 +140,13 @@ pub fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
             if md.is_dir() {
                 fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
                 dirs.push((d.clone(), md));
-                stack.push((s, d));
+                stack.push((s.clone(), d.clone()));
             } else {
                 copy_entry(&s, &d, &md).with_context(|| format!("copying {}", s.display()))?;
+            }
+            if xattrs {
+                copy_xattrs(&s, &d)
+                    .with_context(|| format!("copying the xattrs of {}", s.display()))?;
             }
         }
     }
@@ -118,7 +170,7 @@ pub fn seed(from: &Path, dir: &Path) -> anyhow::Result<bool> {
     if let Some(parent) = dir.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    copy_tree(from, &tmp)?;
+    copy_tree(from, &tmp, false)?;
     File::open(&tmp).and_then(|f| f.sync_all()).ok();
     fs::rename(&tmp, dir)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;

@@ -77,6 +77,10 @@ pub struct ImportFlags {
     /// `imgmount enable-verity`); fails if the store's filesystem cannot.
     #[arg(long)]
     pub enable_verity: bool,
+    /// A signature file of the image (made by `imgmount sign`), stored with it: what a
+    /// boot needs to trust it as a deployment (see `imgmount deploy`).
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -135,6 +139,10 @@ pub fn run_source(source: &Source, flags: &ImportFlags) -> Result<()> {
     let moved_from = before.filter(|d| *d != imported.digest);
     if let (Some(old), Some(t), false) = (&moved_from, &imported.tag, flags.json) {
         eprintln!("imgmount: tag {t} moved from {old} to {}", imported.digest);
+    }
+    if let Some(file) = &flags.signature {
+        crate::deploy::store::store_signature_file(store.root_fd(), file, &imported.digest)
+            .with_context(|| format!("imported {}, but its signature", imported.digest))?;
     }
     let verity = if flags.enable_verity {
         let mut objects: Vec<Digest> = store

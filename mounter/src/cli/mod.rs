@@ -13,6 +13,16 @@ pub mod mountpoint;
 pub mod setup_root;
 pub mod stats;
 pub mod umount;
+// Deployments (issue #8).
+pub mod bless;
+pub mod check;
+pub mod deploy;
+pub mod deployment_args;
+pub mod keygen;
+pub mod mark_bad;
+pub mod rollback;
+pub mod sign;
+pub mod status;
 // Store commands (issue #4).
 pub mod extract;
 pub mod fsck;

@@ -73,7 +73,7 @@ pub struct MountArgs {
     pub objects: Option<PathBuf>,
     /// Directory of Merkle tree sidecars (`XX/rest`, the object's name). Default: where the
     /// store keeps them, `verity` beside a store's `objects` directory, `DIR/.verity` in a
-    /// bare object directory DIR (as `create --digest-store` writes). Trees missing there
+    /// bare object directory DIR (where `imgmount create` puts them). Trees missing there
     /// are built on first open and saved if the directory is writable; trees found there
     /// are checked before use.
     #[arg(long, value_name = "DIR")]

@@ -5,6 +5,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::store_path::StoreArg;
+use crate::deploy::store::deployed_as;
 
 /// Remove images from the store.
 ///
@@ -40,16 +41,30 @@ pub fn run(args: RmArgs) -> Result<()> {
         let done = if let Some(digest) = store.read_ref(spec)? {
             store.remove_ref(spec)?;
             let still_named = store.list_refs()?.iter().any(|(_, d)| *d == digest);
-            if !still_named {
+            let deployed = deployed_as(store.root_fd(), &digest)?;
+            if let Some(id) = deployed.filter(|_| !still_named) {
+                eprintln!(
+                    "imgmount: {digest} stays in the store: it is deployment {id} (see imgmount status)"
+                );
+            }
+            let remove = !still_named && deployed.is_none();
+            if remove {
                 store.remove_image(&digest)?;
             }
             Removed {
                 name: spec.clone(),
                 untagged: vec![spec.clone()],
-                removed: (!still_named).then(|| digest.to_string()),
+                removed: remove.then(|| digest.to_string()),
             }
         } else {
             let digest = store.resolve_digest(spec)?;
+            if let Some(id) = deployed_as(store.root_fd(), &digest)? {
+                anyhow::bail!(
+                    "{digest} is deployment {id} (see imgmount status): a deployed image is \
+                     not removed; deploy another image until it is pruned, or mark it bad \
+                     and deploy again"
+                );
+            }
             let tags = store.remove_image(&digest)?;
             Removed {
                 name: spec.clone(),

@@ -23,6 +23,18 @@ use crate::boot::{self as boot_mode};
 ///   composefs=HEX               the image by digest, as composefs-rs and bootc write it
 ///   imgmount.etc=overlay|ro|transient   /etc changes kept, none, kept in memory
 ///   imgmount.root=ro|transient  / read-only, or writable with changes in memory
+///   imgmount.trust=NAME         trust only /etc/imgmount/trusted.d/NAME.pub of the
+///                               initramfs for signed deployments (default: all there)
+///   imgmount.deployments=off    ignore the store's deployments: boot the pinned image
+///
+/// When the store holds deployments (imgmount deploy), the deployment state chooses
+/// the image: the next boot if it is good, or pending with tries left (one try is
+/// taken and written to the store before anything is mounted); else the last good
+/// deployment; else the pinned image. A deployment boots only if its image is the
+/// pinned one or is signed by a trusted key; one refused, or out of tries, is marked
+/// bad. /etc of deployment N is STATE/etc/deploy-N, started from the /etc changes of
+/// the deployment it was deployed from. What booted is recorded in
+/// /run/imgmount/booted for imgmount status, bless and check.
 ///
 /// Then it mounts the store's filesystem at /run/imgmount/store, reads the image
 /// whole and checks its digest, and mounts it on TARGET, served by a daemon that
@@ -113,6 +125,14 @@ pub fn run(args: SetupRootArgs) -> Result<()> {
         println!("state:          {}", layout.state_dir.display());
         println!("image:          {}", cfg.image);
         println!("pinned digest:  {}", cfg.pin);
+        println!(
+            "deployments:    {}",
+            if cfg.deployments {
+                "the store's deployment state may choose another image (see imgmount status)"
+            } else {
+                "ignored (imgmount.deployments=off)"
+            }
+        );
         let etc = match cfg.etc {
             EtcMode::Overlay => "overlay, changes kept",
             EtcMode::ReadOnly => "the image's",
@@ -137,7 +157,7 @@ pub fn run(args: SetupRootArgs) -> Result<()> {
         cfg.image,
         cfg.store
     );
-    boot_mode::setup(&cfg, &layout, &steps).inspect_err(|_| {
+    boot_mode::setup(&cfg, &layout).inspect_err(|_| {
         eprintln!(
             "imgmount: setup-root FAILED: nothing is mounted on {}",
             layout.target.display()

@@ -42,16 +42,17 @@ done
 blob=/usr/share/imgmount-test/blob
 say "blob_sha256=$(sha256sum < "$blob" | cut -d' ' -f1)"
 
+# What earlier boots left, before this one writes anything.
+if has check-state; then
+	say "etc_state=$(cat /etc/imgmount-test 2>&1)"
+	say "var_state=$(cat /var/lib/imgmount-test/state 2>&1)"
+fi
 if has write-state; then
 	echo "etc-$(arg token)" > /etc/imgmount-test
 	mkdir -p /var/lib/imgmount-test
 	echo "var-$(arg token)" > /var/lib/imgmount-test/state
 	sync
 	say "wrote_state=$(arg token)"
-fi
-if has check-state; then
-	say "etc_state=$(cat /etc/imgmount-test 2>&1)"
-	say "var_state=$(cat /var/lib/imgmount-test/state 2>&1)"
 fi
 if has write-usr; then
 	if echo x > /usr/imgmount-test-transient 2>/dev/null; then
@@ -82,7 +83,38 @@ if has tamper-read; then
 	fi
 	say "head_sha256=$(head -c 409600 "$blob" | sha256sum | cut -d' ' -f1)"
 fi
+if has version; then
+	say "version=$(cat /usr/share/imgmount-test/version 2>&1)"
+	say "etc_version=$(cat /etc/imgmount-test-version 2>&1)"
+fi
+if has status; then
+	say "status=$(imgmount status --json 2>&1 | tr -d '\n')"
+	imgmount status > /dev/ttyS0 2>&1
+fi
+if has deploy; then
+	sig=$(arg signature)
+	imgmount deploy "$(arg deploy)" --tries "$(arg tries)" ${sig:+--signature "$sig"} > /dev/ttyS0 2>&1
+	say "deploy=$?"
+	sync
+fi
+if has rollback; then
+	imgmount rollback > /dev/ttyS0 2>&1
+	say "rollback=$?"
+	sync
+fi
+if has status && { has deploy || has rollback; }; then
+	say "status_after=$(imgmount status --json 2>&1 | tr -d '\n')"
+fi
 say "done"
+if has deploy-loop; then
+	# Deploys the images named by imgmount_test.loop= in turn until the machine is killed.
+	say "deploy_loop=started"
+	while :; do
+		for t in $(arg loop | tr ',' ' '); do
+			imgmount deploy "$t" > /dev/ttyS0 2>&1
+		done
+	done
+fi
 
 case "$(arg end)" in
 poweroff) systemctl poweroff ;;

@@ -57,6 +57,23 @@ const PACKAGES: &[&str] = &[
 pub const TAG: &str = "debian";
 /// The store's filesystem label, as the command lines name it.
 pub const STORE_LABEL: &str = "imgstore";
+/// The name of the key every test initramfs trusts (`/etc/imgmount/trusted.d/NAME.pub`).
+pub const TRUSTED_KEY: &str = "imgmount-test";
+
+/// The secret key file of [`TRUSTED_KEY`]: a fixed seed, so the initramfs stays cached.
+pub fn trusted_secret_key() -> String {
+    let seed = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        b"imgmount test trusted key",
+    ));
+    format!("# test key {TRUSTED_KEY}\nimgmount-ed25519-secret {seed}\n")
+}
+
+/// The public key file of [`TRUSTED_KEY`].
+pub fn trusted_public_key() -> String {
+    let key = imgmount::deploy::keys::parse_secret(&trusted_secret_key()).unwrap();
+    imgmount::deploy::keys::format_public(&key.verifying_key().to_bytes(), TRUSTED_KEY)
+}
+
 /// A file of the image that only the tests read: 1 MiB of known bytes.
 pub const BLOB: &str = "usr/share/imgmount-test/blob";
 pub const BLOB_LEN: usize = 1 << 20;
@@ -548,6 +565,8 @@ fn initramfs_images(
     for f in inputs {
         h.update(fs::read(contrib.join(f)).unwrap());
     }
+    let trusted = trusted_public_key();
+    h.update(&trusted);
     let dir = cache_dir().join(format!("initramfs-{}", &hex::encode(h.finalize())[..16]));
     let (tools, dracut) = (dir.join("initrd.tools"), dir.join("initrd.dracut"));
     if tools.exists() && dracut.exists() {
@@ -575,6 +594,12 @@ fn initramfs_images(
     {
         install(&fs::read(contrib.join(from)).unwrap(), &root.join(to), mode);
     }
+    // The key the deployment tests sign with, shipped by the hook and the module.
+    install(
+        trusted.as_bytes(),
+        &root.join(format!("etc/imgmount/trusted.d/{TRUSTED_KEY}.pub")),
+        0o644,
+    );
     ov.bind_api();
     let v = k.version.clone();
     std::thread::scope(|s| {
