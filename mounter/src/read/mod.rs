@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use imgmount_format::composefs::redirect_object_path;
 use imgmount_format::store::fsops::{Dir, Expect};
-use imgmount_format::verity::{BLOCK_SIZE, Digest, FsVerityHasher, MerkleTree};
+use imgmount_format::verity::{BLOCK_SIZE, Digest, MerkleTree};
 use lru::LruCache;
 
 use cache::{BlockCache, SEGMENT};
@@ -238,28 +238,20 @@ impl Objects {
                 source: Box::new(source),
             }
         })?;
-        let mut verified = None;
         let check = match strategy {
             Strategy::Kernel => match digest {
                 Some(d) => Check::Kernel(d),
                 None => Check::None,
             },
             Strategy::Unverified => Check::None,
-            Strategy::UserTree(expected) => {
-                if let Some((tree, data)) = verify_whole(expected, size, &file) {
-                    verified = Some(data);
-                    Check::Tree(Box::new(tree))
-                } else {
-                    Check::Tree(Box::new(
-                        self.sidecars
-                            .load_or_build(expected, size, &file, &name)
-                            .map_err(|source| ReadError::Tree {
-                                name: name.clone(),
-                                source: Box::new(source),
-                            })?,
-                    ))
-                }
-            }
+            Strategy::UserTree(expected) => Check::Tree(Box::new(
+                self.sidecars
+                    .load_or_build(expected, size, &file, &name)
+                    .map_err(|source| ReadError::Tree {
+                        name: name.clone(),
+                        source: Box::new(source),
+                    })?,
+            )),
         };
         let obj = Arc::new(Object {
             id: self.id_for(&key),
@@ -268,13 +260,6 @@ impl Objects {
             name,
             check,
         });
-        if let Some(data) = verified {
-            // Checked against the digest just now: the reads to come are served from here.
-            for (s, segment) in data.chunks(SEGMENT).enumerate() {
-                self.blocks
-                    .insert((obj.id, s as u64), Arc::new(segment.to_vec()));
-            }
-        }
         self.fds.put(obj.id, Arc::new(file));
         self.lock_recent().put(key, obj.clone());
         Ok(obj)
@@ -481,28 +466,6 @@ impl Objects {
     }
 }
 
-/// Objects of more than one block and at most this many bytes are read whole when opened:
-/// one tree block covers them (for sha256 and sha512 alike), so hashing their content gives
-/// the tree at the cost of the reads that usually follow anyway, and no sidecar is opened.
-pub const READ_WHOLE_MAX: u64 = 256 << 10;
-
-/// A small object's content read whole and checked against `expected`, with the tree it
-/// gives; `None` if it is not small, cannot be read whole, or does not match (the sidecar
-/// then says which blocks are bad, so only those reads fail).
-fn verify_whole(expected: Digest, size: u64, file: &File) -> Option<(MerkleTree, Vec<u8>)> {
-    if size <= BLOCK_SIZE as u64 || size > READ_WHOLE_MAX {
-        return None;
-    }
-    let mut data = vec![0u8; size as usize];
-    if read_full_at(file, &mut data, 0).ok()? != data.len() {
-        return None;
-    }
-    let mut hasher = FsVerityHasher::with_tree(expected.alg());
-    hasher.update(&data);
-    let (digest, tree) = hasher.finalize_with_tree();
-    (digest == expected).then_some((tree, data))
-}
-
 /// The blocks of `data` (read at `start`) that fail verification one by one, each logged
 /// with the object and its offset, with their index in `data`. This is the slow path, taken
 /// only once a run of blocks has failed, to say exactly which blocks are bad.
@@ -651,42 +614,6 @@ mod tests {
         o.read(obj, off, len, &mut out)?;
         assert_eq!(&out[..6], b"prefix", "appends");
         Ok(out.split_off(6))
-    }
-
-    #[test]
-    fn small_objects_are_verified_whole_at_open_without_a_sidecar() {
-        for size in [BLOCK_SIZE + 1, 100_000, READ_WHOLE_MAX as usize] {
-            let f = fixture(VerityMode::Auto, size);
-            let obj = f
-                .objects
-                .open(&f.redirect, Some(f.digest), size as u64)
-                .unwrap();
-            let sidecar = f.objects.sidecars.path(&f.digest);
-            assert!(!sidecar.exists(), "{size}: no sidecar written or needed");
-            // What was checked at open is what is served: changing the file afterwards
-            // cannot change a byte of it.
-            fs::write(&f.path, vec![0xA5; size]).unwrap();
-            assert_eq!(read(&f, &obj, 0, size as u32).unwrap(), f.data, "{size}");
-            assert_eq!(
-                read(&f, &obj, 4000, 3).unwrap(),
-                &f.data[4000..4003],
-                "{size}"
-            );
-        }
-        // Larger objects take their tree from the sidecar (built and saved here).
-        let size = READ_WHOLE_MAX as usize + 1;
-        let f = fixture(VerityMode::Auto, size);
-        f.objects
-            .open(&f.redirect, Some(f.digest), size as u64)
-            .unwrap();
-        assert!(f.objects.sidecars.path(&f.digest).exists());
-        // A small object whose content does not match is refused at open.
-        let f = fixture(VerityMode::Auto, 10_000);
-        fs::write(&f.path, vec![0u8; 10_000]).unwrap();
-        assert!(matches!(
-            f.objects.open(&f.redirect, Some(f.digest), 10_000),
-            Err(ReadError::Tree { .. })
-        ));
     }
 
     #[test]
