@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use super::plan::Step;
+use super::plan::{Step, overlay_data};
 use super::seed;
 
 fn cstr(p: &Path) -> anyhow::Result<CString> {
@@ -115,12 +115,7 @@ pub fn apply(step: &Step) -> anyhow::Result<()> {
             target,
             Some("overlay"),
             0,
-            &format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.display(),
-                upper.display(),
-                work.display()
-            ),
+            &overlay_data(lower, upper, work),
         ),
         Step::Seed { from, dir } => {
             if seed::seed(from, dir)? {

@@ -96,6 +96,17 @@ pub enum Step {
     },
 }
 
+/// The mount data of an overlay step: what `setup-root` passes to mount(2) and what
+/// `--dry-run` prints, from one place.
+pub fn overlay_data(lower: &Path, upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    )
+}
+
 /// An overlay with its upper and work directories under `state`.
 fn overlay(name: &'static str, lower: PathBuf, state: PathBuf, target: PathBuf) -> Vec<Step> {
     let upper = state.join("upper");

@@ -78,10 +78,8 @@ fn describe(step: &Step) -> String {
             work,
             target,
         } => format!(
-            "mount -t overlay {name} -o lowerdir={},upperdir={},workdir={} {}",
-            lower.display(),
-            upper.display(),
-            work.display(),
+            "mount -t overlay {name} -o {} {}",
+            plan::overlay_data(lower, upper, work),
             target.display()
         ),
         Step::Seed { from, dir } => format!(
