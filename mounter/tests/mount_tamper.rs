@@ -176,3 +176,73 @@ fn require_refuses_files_without_digest() {
     assert!(fs::read(mnt.join("nodigest")).unwrap() == d);
     m.unmount();
 }
+
+/// The read-ahead across files (`fs::readahead`) opens the objects of the files after the
+/// one read in a listed directory, tampered ones among them; it must serve nothing of its
+/// own: every tampered block still fails when read, and every intact one reads right.
+#[test]
+fn read_ahead_never_serves_tampered_objects() {
+    if !can_mount("read_ahead_never_serves_tampered_objects") {
+        return;
+    }
+    const FILES: usize = 40;
+    const SIZE: usize = 5 * BLOCK as usize;
+    let s = Scratch::new();
+    let contents: Vec<Vec<u8>> = (0..FILES).map(|i| data(100 + i as u64, SIZE)).collect();
+    let objs: Vec<_> = contents.iter().map(|d| s.object(d)).collect();
+    let mut dump = String::from(
+        "/ 4096 40755 3 0 0 0 1700000000.0 - - -\n/d 4096 40755 2 0 0 0 1700000000.0 - - -\n",
+    );
+    for (i, o) in objs.iter().enumerate() {
+        dump += &external_line(&format!("/d/f{i:02}"), SIZE, "100644", 1, o);
+        dump.push('\n');
+    }
+    let image = s.image("image.cfs", &dump);
+    let mnt = s.mkdir("mnt");
+    let name = |i: usize| mnt.join(format!("d/f{i:02}"));
+
+    // First mount: reading builds and saves the sidecars.
+    let m = Mounted::new(&image, &mnt, &s.objects(), &[]);
+    for (i, want) in contents.iter().enumerate() {
+        assert!(fs::read(name(i)).unwrap() == *want);
+    }
+    m.unmount();
+
+    // f05: one bit in block 2. f06: the whole object replaced by other bytes of its size.
+    // f07: its sidecar damaged (rebuilt from the intact object).
+    flip_bit(&s.objects().join(&objs[5].1), 2 * BLOCK + 99);
+    fs::write(s.objects().join(&objs[6].1), data(999, SIZE)).unwrap();
+    flip_bit(&s.sidecars().join(&objs[7].1), 40);
+
+    let m = Mounted::new(&image, &mnt, &s.objects(), &["--cache-size=0"]);
+    let listed = fs::read_dir(mnt.join("d")).unwrap().count();
+    assert_eq!(listed, FILES);
+    assert!(fs::read(name(0)).unwrap() == contents[0]);
+    // The files after f00 are fetched in the background: wait until the daemon says so.
+    let mut read_ahead = 0;
+    for _ in 0..100 {
+        let out = imgmount(&["stats".as_ref(), "--json".as_ref(), mnt.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        read_ahead = v["read_ahead"].as_u64().unwrap();
+        if read_ahead >= 20 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(read_ahead >= 20, "only {read_ahead} objects read ahead");
+
+    assert_eio(&name(5), 2 * BLOCK, 1);
+    for blk in [0, 1, 3, 4] {
+        assert_reads(&name(5), &contents[5], blk * BLOCK, BLOCK as usize);
+    }
+    assert_eio(&name(6), 0, SIZE);
+    for i in (1..FILES).filter(|&i| i != 5 && i != 6) {
+        assert!(fs::read(name(i)).unwrap() == contents[i], "f{i:02}");
+    }
+    m.unmount();
+}

@@ -14,7 +14,9 @@ use crate::fs::stats::{self, FileCounts};
 ///
 /// Files the kernel verifies with fs-verity are read by FUSE passthrough as
 /// root: the kernel reads them from the store directly, and the daemon sees
-/// their opens but no READ requests. For each PATH given (a file in the
+/// their opens but no READ requests. When a program opens a file of a
+/// directory it has listed, the daemon opens the objects of the next files of
+/// that listing ahead of it ("read ahead"). For each PATH given (a file in the
 /// mount) its own counters are shown too.
 ///
 /// Only root and the user who mounted may ask.
@@ -52,6 +54,7 @@ struct Report {
     read_bytes: u64,
     opens: u64,
     passthrough_opens: u64,
+    read_ahead: u64,
     files_seen: usize,
     paths: Vec<PathReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +90,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
             read_bytes: r.read_bytes,
             opens: r.opens,
             passthrough_opens: r.passthrough_opens,
+            read_ahead: r.read_ahead,
             files_seen: r.files.len(),
             paths,
             files: args.all.then(|| r.files.clone()),

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod daemon_log;
 pub mod guard;
 pub mod iomode;
+pub mod readahead;
 pub mod session;
 pub mod stats;
 pub mod view;
@@ -59,9 +60,10 @@ struct Handle {
 }
 
 pub struct ImgFs {
-    image: Image,
-    objects: Objects,
+    image: Arc<Image>,
+    objects: Arc<Objects>,
     inos: InoMap,
+    readahead: readahead::ReadAhead,
     handles: Mutex<HashMap<u64, Handle>>,
     /// Paths in the image of inodes whose reads failed, for the log (see `describe`).
     failed_paths: Mutex<HashMap<u64, String>>,
@@ -73,6 +75,30 @@ pub struct ImgFs {
     stats: Arc<ServeStats>,
 }
 
+/// The read-ahead fetch: open the object of external file `nid` and read its first bytes,
+/// so that the program's open and read find them ready. Failures are left for the
+/// program's own open to report.
+fn warm_object(
+    image: Arc<Image>,
+    objects: Arc<Objects>,
+    stats: Arc<ServeStats>,
+) -> Box<readahead::Fetch> {
+    Box::new(move |nid| {
+        let Ok(inode) = image.inode(nid) else { return };
+        if inode.file_type() != FileType::RegularFile {
+            return;
+        }
+        let Ok(Some(redirect)) = image.redirect(&inode) else {
+            return;
+        };
+        let digest = image.metacopy(&inode).ok().flatten().flatten();
+        if let Ok(obj) = objects.open(redirect, digest, inode.size()) {
+            objects.warm(&obj);
+            stats.read_ahead();
+        }
+    })
+}
+
 /// Logs an image error (the image is corrupt or unsupported there) and maps it to EIO.
 fn image_err(op: &str, e: ImageError) -> Errno {
     log::error!("{op}: {e}");
@@ -81,8 +107,15 @@ fn image_err(op: &str, e: ImageError) -> Errno {
 
 impl ImgFs {
     pub fn new(image: Image, objects: Objects, opts: FsOptions) -> Self {
+        let (image, objects) = (Arc::new(image), Arc::new(objects));
+        let stats = Arc::new(ServeStats::new());
         ImgFs {
             inos: InoMap::new(image.root_nid()),
+            readahead: readahead::ReadAhead::new(warm_object(
+                image.clone(),
+                objects.clone(),
+                stats.clone(),
+            )),
             image,
             objects,
             handles: Mutex::new(HashMap::new()),
@@ -91,7 +124,7 @@ impl ImgFs {
             next_fh: AtomicU64::new(1),
             opts,
             passthrough: false,
-            stats: Arc::new(ServeStats::new()),
+            stats,
         }
     }
 
@@ -290,6 +323,9 @@ impl ImgFs {
             .image
             .read_dir(&dir, offset)
             .map_err(|e| image_err("readdir", e))?;
+        // The regular files listed, in order, for reading ahead (see `readahead`).
+        let mut files = Vec::new();
+        let mut next = offset;
         for e in iter {
             let e = e.map_err(|e| image_err("readdir", e))?;
             if self.hidden(ino, &e)? {
@@ -298,7 +334,13 @@ impl ImgFs {
             if add(&e)? {
                 break;
             }
+            if e.file_type == FileType::RegularFile {
+                files.push(e.nid);
+            }
+            next = e.next_offset;
         }
+        self.readahead
+            .listed(self.inos.nid(ino), offset, &files, next);
         Ok(())
     }
 
@@ -372,6 +414,7 @@ impl Filesystem for ImgFs {
         let opened = self.do_open(ino, flags, &reply);
         if let Ok((_, backing)) = &opened {
             self.stats.opened(ino.0, backing.is_some());
+            self.readahead.opened(self.inos.nid(ino));
         }
         match opened {
             Ok((fh, None)) => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
@@ -421,8 +464,9 @@ impl Filesystem for ImgFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever written, so nothing to flush.
-        reply.ok();
+        // Nothing is ever written, so nothing to flush; ENOSYS tells the kernel so once,
+        // and it stops sending a FLUSH round trip with every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

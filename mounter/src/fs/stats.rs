@@ -26,6 +26,7 @@ pub struct ServeStats {
     read_bytes: AtomicU64,
     opens: AtomicU64,
     passthrough_opens: AtomicU64,
+    read_ahead: AtomicU64,
     files: Mutex<HashMap<u64, FileCounts>>,
 }
 
@@ -52,6 +53,9 @@ pub struct StatsReport {
     pub read_bytes: u64,
     pub opens: u64,
     pub passthrough_opens: u64,
+    /// Objects opened and read ahead of the program (see `fs::readahead`).
+    #[serde(default)]
+    pub read_ahead: u64,
     /// Every file opened or read, by inode number.
     pub files: Vec<FileStats>,
 }
@@ -78,6 +82,11 @@ impl ServeStats {
         });
     }
 
+    /// An object was opened and its first bytes read ahead of the program.
+    pub fn read_ahead(&self) {
+        self.read_ahead.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A READ request was answered with `bytes` bytes.
     pub fn read(&self, ino: u64, bytes: usize) {
         self.reads.fetch_add(1, Ordering::Relaxed);
@@ -102,6 +111,7 @@ impl ServeStats {
             read_bytes: self.read_bytes.load(Ordering::Relaxed),
             opens: self.opens.load(Ordering::Relaxed),
             passthrough_opens: self.passthrough_opens.load(Ordering::Relaxed),
+            read_ahead: self.read_ahead.load(Ordering::Relaxed),
             files,
         }
     }
@@ -118,12 +128,14 @@ impl StatsReport {
     /// The line logged when a mount ends.
     pub fn summary(&self) -> String {
         format!(
-            "served {} READ requests ({} bytes) for {} files; {} opens, {} by passthrough",
+            "served {} READ requests ({} bytes) for {} files; {} opens, {} by passthrough; \
+             {} objects read ahead",
             self.reads,
             self.read_bytes,
             self.files.len(),
             self.opens,
-            self.passthrough_opens
+            self.passthrough_opens,
+            self.read_ahead
         )
     }
 }

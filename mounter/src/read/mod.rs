@@ -288,6 +288,21 @@ impl Objects {
         Ok(file)
     }
 
+    /// Reads the first bytes of an object and throws them away, so that its first read
+    /// finds them in the page cache (see [`crate::fs::readahead`]). Nothing is verified or
+    /// kept here; the read that serves them verifies them.
+    pub fn warm(&self, obj: &Object) {
+        /// The kernel's own readahead takes over after the first request.
+        const WARM: u64 = 128 << 10;
+        thread_local!(static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+        let Ok(file) = self.file(obj) else { return };
+        SCRATCH.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(obj.size.min(WARM) as usize, 0);
+            let _ = read_full_at(&file, &mut buf, 0);
+        });
+    }
+
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, LruCache<ObjectKey, Arc<Object>>> {
         self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
