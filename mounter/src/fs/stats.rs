@@ -264,7 +264,8 @@ mod tests {
         assert_eq!(r.file(1234), FileCounts::default());
         assert_eq!(
             r.summary(),
-            "served 2 READ requests (4196 bytes) for 2 files; 3 opens, 2 by passthrough"
+            "served 2 READ requests (4196 bytes) for 2 files; 3 opens, 2 by passthrough; \
+             0 objects read ahead"
         );
         let json = serde_json::to_string(&r).unwrap();
         assert!(
