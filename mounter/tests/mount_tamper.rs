@@ -177,6 +177,31 @@ fn require_refuses_files_without_digest() {
     m.unmount();
 }
 
+/// How many objects the daemon at `mnt` has read ahead (`imgmount stats`).
+fn read_ahead(mnt: &Path) -> u64 {
+    let out = imgmount(&["stats".as_ref(), "--json".as_ref(), mnt.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["read_ahead"].as_u64().unwrap()
+}
+
+/// [`read_ahead`] once it reaches `want`, or after 5 s.
+fn read_ahead_reaching(mnt: &Path, want: u64) -> u64 {
+    let mut n = 0;
+    for _ in 0..100 {
+        n = read_ahead(mnt);
+        if n >= want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    n
+}
+
 /// The read-ahead across files (`fs::readahead`) opens the objects of the files after the
 /// one read in a listed directory, tampered ones among them; it must serve nothing of its
 /// own: every tampered block still fails when read, and every intact one reads right.
@@ -219,21 +244,7 @@ fn read_ahead_never_serves_tampered_objects() {
     assert_eq!(listed, FILES);
     assert!(fs::read(name(0)).unwrap() == contents[0]);
     // The files after f00 are fetched in the background: wait until the daemon says so.
-    let mut read_ahead = 0;
-    for _ in 0..100 {
-        let out = imgmount(&["stats".as_ref(), "--json".as_ref(), mnt.as_os_str()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        read_ahead = v["read_ahead"].as_u64().unwrap();
-        if read_ahead >= 20 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let read_ahead = read_ahead_reaching(&mnt, 20);
     assert!(read_ahead >= 20, "only {read_ahead} objects read ahead");
 
     assert_eio(&name(5), 2 * BLOCK, 1);
@@ -245,4 +256,47 @@ fn read_ahead_never_serves_tampered_objects() {
         assert!(fs::read(name(i)).unwrap() == contents[i], "f{i:02}");
     }
     m.unmount();
+}
+
+/// `--read-ahead-files N` fetches exactly the N files after the one opened, and 0 none.
+#[test]
+fn read_ahead_files_sets_how_many_files_are_fetched() {
+    if !can_mount("read_ahead_files_sets_how_many_files_are_fetched") {
+        return;
+    }
+    const FILES: usize = 12;
+    let s = Scratch::new();
+    let contents: Vec<Vec<u8>> = (0..FILES)
+        .map(|i| data(300 + i as u64, 3 * BLOCK as usize))
+        .collect();
+    let mut dump = String::from(
+        "/ 4096 40755 3 0 0 0 1700000000.0 - - -\n/d 4096 40755 2 0 0 0 1700000000.0 - - -\n",
+    );
+    for (i, d) in contents.iter().enumerate() {
+        dump += &external_line(&format!("/d/f{i:02}"), d.len(), "100644", 1, &s.object(d));
+        dump.push('\n');
+    }
+    let image = s.image("image.cfs", &dump);
+    let mnt = s.mkdir("mnt");
+    for (window, want) in [("4", 4), ("0", 0)] {
+        let m = Mounted::new(
+            &image,
+            &mnt,
+            &s.objects(),
+            &[format!("--read-ahead-files={window}").as_str()],
+        );
+        assert_eq!(fs::read_dir(mnt.join("d")).unwrap().count(), FILES);
+        assert!(fs::read(mnt.join("d/f00")).unwrap() == contents[0]);
+        read_ahead_reaching(&mnt, want);
+        // Given time, nothing past the window is fetched.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(read_ahead(&mnt), want, "--read-ahead-files={window}");
+        for (i, d) in contents.iter().enumerate() {
+            assert!(
+                fs::read(mnt.join(format!("d/f{i:02}"))).unwrap() == *d,
+                "f{i:02}"
+            );
+        }
+        m.unmount();
+    }
 }

@@ -242,7 +242,14 @@ pub fn setup(cfg: &BootConfig, layout: &Layout) -> anyhow::Result<()> {
         verify_threads: 0,
         open_files: session::open_file_budget(),
     });
-    let fs = ImgFs::new(img, objects, FsOptions { passthrough: true });
+    let fs = ImgFs::new(
+        img,
+        objects,
+        FsOptions {
+            passthrough: true,
+            read_ahead_files: crate::fs::readahead::WINDOW,
+        },
+    );
     let (log_target, style) = daemon_log();
     daemon_log::init(cfg.log.unwrap_or(log::LevelFilter::Warn), style);
     let threads = std::thread::available_parallelism()

@@ -88,6 +88,12 @@ pub struct MountArgs {
     /// (units K, M, G, T). 0 turns the cache off: every read is checked again.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     pub cache_size: u64,
+    /// When a program opens a file of a directory it listed, open and start reading the
+    /// next N files' objects too, so that reading a directory's files one after another
+    /// (tar, cp -r) does not wait on each in turn. Nothing is served unverified: this
+    /// only warms caches. 0 turns it off (for a slow disk shared with other work).
+    #[arg(long, value_name = "N", default_value_t = crate::fs::readahead::WINDOW)]
+    pub read_ahead_files: usize,
     /// FUSE request threads (default: number of CPUs, at least 2, at most 16).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -286,6 +292,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         objects,
         FsOptions {
             passthrough: is_root() && args.verity != VerityMode::Off,
+            read_ahead_files: args.read_ahead_files,
         },
     );
     let threads = args.threads.unwrap_or_else(|| {

@@ -21,6 +21,7 @@ const VALUE_OPTIONS: &[&str] = &[
     "verity",
     "cache-size",
     "threads",
+    "read-ahead-files",
     "store",
     "log-file",
 ];
@@ -140,11 +141,17 @@ mod tests {
         // What util-linux 2.38 passes for an fstab line
         // `web:stable /srv/web imgmount noauto,store=/s,x-systemd.automount,_netdev 0 0`.
         assert_eq!(
-            call(&["web:stable", "/srv/web", "-o", "rw,store=/s,_netdev"]),
+            call(&[
+                "web:stable",
+                "/srv/web",
+                "-o",
+                "rw,store=/s,read_ahead_files=0,_netdev"
+            ]),
             Ok(HelperCall::Mount(argv(&[
                 "imgmount",
                 "mount",
                 "--store=/s",
+                "--read-ahead-files=0",
                 "web:stable",
                 "/srv/web"
             ])))

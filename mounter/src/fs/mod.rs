@@ -49,6 +49,9 @@ const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct FsOptions {
     /// Offer FUSE passthrough for objects the kernel verifies (needs root).
     pub passthrough: bool,
+    /// Files of a listed directory fetched ahead of the one opened (0: none); see
+    /// [`readahead`].
+    pub read_ahead_files: usize,
 }
 
 /// An open external file: its object, and the passthrough registration if the kernel
@@ -111,11 +114,10 @@ impl ImgFs {
         let stats = Arc::new(ServeStats::new());
         ImgFs {
             inos: InoMap::new(image.root_nid()),
-            readahead: readahead::ReadAhead::new(warm_object(
-                image.clone(),
-                objects.clone(),
-                stats.clone(),
-            )),
+            readahead: readahead::ReadAhead::new(
+                opts.read_ahead_files,
+                warm_object(image.clone(), objects.clone(), stats.clone()),
+            ),
             image,
             objects,
             handles: Mutex::new(HashMap::new()),

@@ -5,8 +5,8 @@
 //! object's open, sidecar and first read in turn: one disk round trip after another, with
 //! the disk idle in between. The daemon knows more than the kernel here: once a directory
 //! has been listed, the files after the one just opened are the likely next ones. So when a
-//! listed file is opened, the next [`WINDOW`] files of that listing are fetched by
-//! [`THREADS`] threads at once, ahead of the program: their objects opened (sidecars loaded
+//! listed file is opened, the next files of that listing (a window of [`WINDOW`] by
+//! default, `mount --read-ahead-files`) are fetched by [`THREADS`] threads at once, ahead of the program: their objects opened (sidecars loaded
 //! and checked) and their first bytes read.
 //!
 //! Nothing is served from this. It warms the page cache and the open-object cache; every
@@ -18,14 +18,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 
-/// How many files past the one opened are fetched.
+/// How many files past the one opened are fetched, unless the mount says otherwise.
 pub const WINDOW: usize = 32;
 /// Fetches at once: requests in flight for the disk, not cores (fetchers mostly wait).
 pub const THREADS: usize = 4;
 /// Listed files remembered; past that, every listing is forgotten and learnt again.
 const REMEMBERED: usize = 1 << 20;
-/// Queued fetches beyond this are dropped oldest first: the program has moved on.
-const QUEUED: usize = 4 * WINDOW;
+/// Queued fetches beyond this many windows are dropped oldest first: the program has
+/// moved on.
+const QUEUED_WINDOWS: usize = 4;
 
 /// What a fetch does with a file's inode number (open and warm its object).
 pub type Fetch = dyn Fn(u64) + Send + Sync;
@@ -33,6 +34,8 @@ pub type Fetch = dyn Fn(u64) + Send + Sync;
 /// Schedules fetches of the files after the ones opened (see the module docs). Dropping it
 /// ends its threads.
 pub struct ReadAhead {
+    /// Files fetched past the one opened; 0: none, and listings are not even remembered.
+    window: usize,
     shared: Arc<Shared>,
 }
 
@@ -64,8 +67,10 @@ struct Listing {
 }
 
 impl ReadAhead {
-    pub fn new(fetch: Box<Fetch>) -> Self {
+    /// A scheduler fetching the `window` files after each one opened with `fetch`.
+    pub fn new(window: usize, fetch: Box<Fetch>) -> Self {
         ReadAhead {
+            window,
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 wake: Condvar::new(),
@@ -78,6 +83,9 @@ impl ReadAhead {
     /// the offset after the last entry. A listing that restarts at 0 replaces the old one;
     /// a part that does not follow on (a seek) is ignored.
     pub fn listed(&self, dir: u64, offset: u64, files: &[u64], next: u64) {
+        if self.window == 0 {
+            return;
+        }
         let mut st = self.shared.lock();
         if offset == 0 {
             if let Some(old) = st.listings.remove(&dir) {
@@ -106,6 +114,9 @@ impl ReadAhead {
 
     /// File `nid` was opened: queue the files after it in its listing not yet fetched.
     pub fn opened(&self, nid: u64) {
+        if self.window == 0 {
+            return;
+        }
         let mut st = self.shared.lock();
         let Some(&(dir, i)) = st.at.get(&nid) else {
             return;
@@ -115,13 +126,13 @@ impl ReadAhead {
             return;
         };
         let from = listing.ahead.max(i + 1);
-        let to = (i + 1 + WINDOW).min(listing.files.len());
+        let to = (i + 1).saturating_add(self.window).min(listing.files.len());
         if from >= to {
             return;
         }
         st.queue.extend(&listing.files[from..to]);
         listing.ahead = to;
-        while st.queue.len() > QUEUED {
+        while st.queue.len() > QUEUED_WINDOWS.saturating_mul(self.window) {
             st.queue.pop_front();
         }
         // Started on first use: the daemon forks after the filesystem is made, and a
@@ -180,12 +191,14 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     fn idle() -> ReadAhead {
         // Fetches that never finish their queue in the test: the queue itself is checked.
-        ReadAhead::new(Box::new(|_| std::thread::sleep(Duration::from_secs(3600))))
+        ReadAhead::new(
+            WINDOW,
+            Box::new(|_| std::thread::sleep(Duration::from_secs(3600))),
+        )
     }
 
     #[test]
@@ -237,27 +250,60 @@ mod tests {
         assert!(ra.queued().is_empty());
     }
 
-    #[test]
-    fn fetchers_fetch_in_order_and_end_with_the_scheduler() {
+    /// A scheduler with `window` whose fetches are recorded, and the record.
+    fn recording(window: usize) -> (ReadAhead, Arc<Mutex<Vec<u64>>>) {
         let done = Arc::new(Mutex::new(Vec::new()));
-        let count = Arc::new(AtomicUsize::new(0));
-        let (d, c) = (done.clone(), count.clone());
-        let ra = ReadAhead::new(Box::new(move |nid| {
-            d.lock().unwrap().push(nid);
-            c.fetch_add(1, Ordering::SeqCst);
-        }));
+        let d = done.clone();
+        let ra = ReadAhead::new(window, Box::new(move |nid| d.lock().unwrap().push(nid)));
+        (ra, done)
+    }
+
+    /// [`recording`], with a directory of files 0 to 9 listed and file 0 opened.
+    fn first_of_ten_opened(window: usize) -> (ReadAhead, Arc<Mutex<Vec<u64>>>) {
+        let (ra, done) = recording(window);
         let files: Vec<u64> = (0..10).collect();
         ra.listed(5, 0, &files, 10);
         ra.opened(0);
+        (ra, done)
+    }
+
+    /// What has been fetched once `want` fetches are done (or 2 s have passed), sorted.
+    fn fetched(done: &Mutex<Vec<u64>>, want: usize) -> Vec<u64> {
         for _ in 0..200 {
-            if count.load(Ordering::SeqCst) == 9 {
+            if done.lock().unwrap().len() >= want {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut got = done.lock().unwrap().clone();
         got.sort();
-        assert_eq!(got, (1..10).collect::<Vec<_>>());
+        got
+    }
+
+    #[test]
+    fn the_window_bounds_what_is_fetched() {
+        let (ra, done) = first_of_ten_opened(3);
+        assert_eq!(fetched(&done, 3), vec![1, 2, 3]);
+        // Given time, nothing past the window follows.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(fetched(&done, 3), vec![1, 2, 3]);
+        ra.opened(1);
+        assert_eq!(fetched(&done, 4), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_window_of_zero_fetches_nothing_and_starts_no_thread() {
+        let (ra, done) = first_of_ten_opened(0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(done.lock().unwrap().is_empty());
+        let st = ra.shared.lock();
+        assert_eq!((st.threads, st.listings.len(), st.at.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn fetchers_fetch_in_order_and_end_with_the_scheduler() {
+        let (ra, done) = first_of_ten_opened(WINDOW);
+        assert_eq!(fetched(&done, 9), (1..10).collect::<Vec<_>>());
         let weak = Arc::downgrade(&ra.shared);
         drop(ra);
         // The threads let go within their wait.
