@@ -6,8 +6,9 @@
 //! the disk idle in between. The daemon knows more than the kernel here: once a directory
 //! has been listed, the files after the one just opened are the likely next ones. So when a
 //! listed file is opened, the next files of that listing (a window of [`WINDOW`] by
-//! default, `mount --read-ahead-files`) are fetched by [`THREADS`] threads at once, ahead of the program: their objects opened (sidecars loaded
-//! and checked) and their first bytes read.
+//! default, `mount --read-ahead-files`) are fetched by up to [`THREADS`] threads at once,
+//! ahead of the program: their objects opened (sidecars loaded and checked) and their first
+//! bytes read.
 //!
 //! Nothing is served from this. It warms the page cache and the open-object cache; every
 //! byte the program gets is still verified when it is read, and a fetch that fails is
@@ -137,7 +138,7 @@ impl ReadAhead {
         }
         // Started on first use: the daemon forks after the filesystem is made, and a
         // fork keeps no threads.
-        while st.threads < THREADS {
+        while st.threads < THREADS.min(self.window) {
             let shared = self.shared.clone();
             let spawned = std::thread::Builder::new()
                 .name("imgmount-readahead".into())
@@ -289,6 +290,8 @@ mod tests {
         assert_eq!(fetched(&done, 3), vec![1, 2, 3]);
         ra.opened(1);
         assert_eq!(fetched(&done, 4), vec![1, 2, 3, 4]);
+        // No more threads than the window has files.
+        assert_eq!(ra.shared.lock().threads, 3);
     }
 
     #[test]
