@@ -412,6 +412,30 @@ fn lying_registries_and_missing_tags_change_nothing() {
     no_download(digest);
     proxy.tamper(Tamper::default());
 
+    // A manifest without end, stated or not: refused once it passes the bound
+    // of a JSON document, long before it is all sent.
+    for stated in [Some(10 << 30), None] {
+        proxy.reset();
+        proxy.tamper(Tamper {
+            flood_manifests: Some(stated),
+            ..Tamper::default()
+        });
+        let err = pull_fails(store, image, &["--tls-verify=false"], &[]);
+        assert!(
+            err.contains("tag v1") && err.contains("more than the 16777216 bytes"),
+            "{err}"
+        );
+        let flooded: u64 = proxy
+            .served()
+            .iter()
+            .filter(|s| s.path.contains("/manifests/"))
+            .map(|s| s.body)
+            .sum();
+        assert!(flooded < 256 << 20, "{flooded} bytes read of a flood");
+        assert_eq!(store_snapshot(store, true), before, "after a flood");
+    }
+    proxy.tamper(Tamper::default());
+
     // A tag the registry does not have, and a repository it does not have.
     let err = pull_fails(
         store,

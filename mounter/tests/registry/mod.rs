@@ -241,6 +241,9 @@ pub struct Tamper {
     pub extra: Option<String>,
     /// Send this blob at most this many bytes per second.
     pub slow: Option<(String, u64)>,
+    /// Answer every manifest GET with 200 and junk without end (until the client
+    /// hangs up, or 1 GiB), stating this Content-Length, or none.
+    pub flood_manifests: Option<Option<u64>>,
 }
 
 #[derive(Default)]
@@ -313,6 +316,32 @@ fn relay(client: TcpStream, upstream: &str, state: &Mutex<ProxyState>) -> Option
     let mut up_r = BufReader::new(up.try_clone().ok()?);
     let resp = read_head(&mut up_r)?;
     let status: u16 = resp.first()?.split(' ').nth(1)?.parse().ok()?;
+    let flood = state.lock().unwrap().tamper.flood_manifests;
+    if let Some(length) = flood
+        && method == "GET"
+        && path.contains("/manifests/")
+    {
+        let length = length.map_or(String::new(), |n| format!("Content-Length: {n}\r\n"));
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
+             {length}Connection: close\r\n\r\n"
+        );
+        let mut sent = 0u64;
+        let junk = vec![b' '; 64 * 1024];
+        if client_w.write_all(head.as_bytes()).is_ok() {
+            while sent < 1 << 30 && client_w.write_all(&junk).is_ok() {
+                sent += junk.len() as u64;
+            }
+        }
+        state.lock().unwrap().served.push(Served {
+            method,
+            path,
+            status: 200,
+            body: sent,
+        });
+        let _ = client_w.shutdown(Shutdown::Both);
+        return Some(());
+    }
     let blob = path
         .rsplit_once("/blobs/")
         .map(|(_, d)| d.to_owned())

@@ -1,6 +1,9 @@
 //! One registry conversation through `oci-client`: connecting (TLS with the
 //! system's roots, or as asked plain HTTP), authenticating, manifests and
-//! small blobs. Blob downloads are in `download.rs`.
+//! small blobs. Blob downloads are in `download.rs`. Manifests are fetched with
+//! the same `reqwest` directly (oci-client's token, same settings): oci-client
+//! reads a manifest whole before anyone can check its size, and a lying
+//! registry could send one without end.
 //!
 //! The client is async; its tokio runtime lives here and nowhere else: the
 //! rest of the import is plain blocking code, and calls in through
@@ -12,14 +15,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
 use super::auth::{default_auth_files, find_credentials};
 use super::manifest::ACCEPTED;
 use crate::oci::OciError;
-use crate::oci::blob::{BlobDigest, MAX_JSON_SIZE};
+use crate::oci::blob::{BlobAlg, BlobDigest, BlobHasher, MAX_JSON_SIZE};
 use crate::oci::reference::DockerReference;
 use crate::oci::registry_options::RegistryOptions;
 
@@ -32,6 +35,9 @@ const USER_AGENT: &str = concat!("imgmount/", env!("CARGO_PKG_VERSION"));
 pub struct Session {
     rt: tokio::runtime::Runtime,
     client: Client,
+    /// For manifests, which oci-client would read whole before any size
+    /// check: configured as `client` is.
+    http: reqwest::Client,
     auth: RegistryAuth,
     /// The repository, tagged as asked (manifests by digest are derived).
     image: Reference,
@@ -92,6 +98,16 @@ fn client(opts: &RegistryOptions, plain_http: bool) -> Client {
     })
 }
 
+/// A plain HTTP client with the settings [`client`] gives oci-client's.
+fn http_client(opts: &RegistryOptions) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(!opts.tls_verify)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(USER_AGENT)
+        .build()
+}
+
 impl Session {
     /// Finds credentials, connects and authenticates for pulling `reference`.
     pub fn connect(reference: &DockerReference, opts: &RegistryOptions) -> Result<Self, OciError> {
@@ -131,9 +147,14 @@ impl Session {
             has_creds: creds.is_some(),
             tls_verify: opts.tls_verify,
         };
+        let http = http_client(opts).map_err(|e| OciError::Registry {
+            what: display.clone(),
+            reason: format!("cannot set up the HTTP client: {}", error_chain(&e)),
+        })?;
         let mut session = Session {
             rt,
             client: client(opts, false),
+            http,
             auth,
             image,
             display,
@@ -198,8 +219,10 @@ impl Session {
     }
 
     /// Fetches a manifest or index by tag or digest (`reference`), checked
-    /// against the digest it is asked by (or the one the registry states);
-    /// returns its bytes and digest.
+    /// against the digest it is asked by and the one the registry states;
+    /// returns its bytes and digest. A registry that offers or sends more than
+    /// [`MAX_JSON_SIZE`] is refused as soon as it does: the body is never
+    /// read whole first.
     pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, BlobDigest), OciError> {
         let image = match BlobDigest::parse(reference) {
             Some(_) => self.image.clone_with_digest(reference.to_owned()),
@@ -213,20 +236,78 @@ impl Session {
             Some(d) => format!("manifest {d}"),
             None => format!("tag {reference}"),
         };
-        let (bytes, digest) = self
-            .block_on(self.client.pull_manifest_raw(&image, &self.auth, &ACCEPTED))
-            .map_err(|e| self.error(&what, e))?;
-        let digest = BlobDigest::parse(&digest).ok_or_else(|| OciError::Registry {
-            what: what.clone(),
-            reason: format!("the manifest's digest {digest:?} is not sha256:HEX or sha512:HEX"),
-        })?;
-        if bytes.len() as u64 > MAX_JSON_SIZE {
-            return Err(OciError::Registry {
-                what,
-                reason: format!("a manifest of {} bytes is too large", bytes.len()),
-            });
+        self.block_on(self.get_manifest(&image))
+            .map_err(|e| match e {
+                ManifestFailure::Registry(e) => self.error(&what, e),
+                ManifestFailure::Bad(reason) => OciError::Registry {
+                    what: what.clone(),
+                    reason,
+                },
+            })
+    }
+
+    /// `GET /v2/REPO/manifests/REF`, authenticated as oci-client would, with
+    /// the body read chunk by chunk up to [`MAX_JSON_SIZE`].
+    async fn get_manifest(
+        &self,
+        image: &Reference,
+    ) -> Result<(Vec<u8>, BlobDigest), ManifestFailure> {
+        let url = format!(
+            "{scheme}://{registry}/v2/{repo}/manifests/{reference}",
+            scheme = if self.plain_http { "http" } else { "https" },
+            registry = image.resolve_registry(),
+            repo = image.repository(),
+            reference = image.digest().or(image.tag()).unwrap_or("latest"),
+        );
+        // A token when the registry wants one; none for basic auth or none at all.
+        let token = self
+            .client
+            .auth(image, &self.auth, RegistryOperation::Pull)
+            .await?;
+        let get = |basic: bool| {
+            let mut req = self.http.get(&url).header("Accept", ACCEPTED.join(", "));
+            if let Some(t) = &token {
+                req = req.bearer_auth(t);
+            } else if let (true, RegistryAuth::Basic(user, pass)) = (basic, &self.auth) {
+                req = req.basic_auth(user, Some(pass));
+            }
+            req.send()
+        };
+        let mut response = get(false).await?;
+        // Credentials go only to a registry that asks for them, as oci-client sends them.
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED
+            && token.is_none()
+            && matches!(self.auth, RegistryAuth::Basic(..))
+        {
+            response = get(true).await?;
         }
-        Ok((bytes.to_vec(), digest))
+        let status = response.status();
+        let stated = response
+            .headers()
+            .get("docker-content-digest")
+            .map(|v| v.to_str().unwrap_or("(not text)").to_owned())
+            .filter(|v| !v.is_empty());
+        if let Some(n) = response.content_length()
+            && n > MAX_JSON_SIZE
+        {
+            return Err(ManifestFailure::Bad(format!(
+                "the registry offers {n} bytes, more than the {MAX_JSON_SIZE} bytes a manifest \
+                 may have"
+            )));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if (body.len() + chunk.len()) as u64 > MAX_JSON_SIZE {
+                return Err(ManifestFailure::Bad(format!(
+                    "the registry sent more than the {MAX_JSON_SIZE} bytes a manifest may have"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        registry_status(status, &body, &url)?;
+        let digest = manifest_digest(&body, image.digest(), stated.as_deref())
+            .map_err(ManifestFailure::Bad)?;
+        Ok((body, digest))
     }
 
     /// Fetches a small blob (a config) whole, checking its size and digest.
@@ -259,6 +340,91 @@ impl Session {
         crate::oci::blob::verify_blob(&body[..], &digest.to_string(), digest, Some(size))?;
         Ok(body)
     }
+}
+
+/// Why a manifest could not be fetched: what the registry or the connection
+/// said, or what was wrong with what it sent.
+enum ManifestFailure {
+    Registry(OciDistributionError),
+    Bad(String),
+}
+
+impl From<OciDistributionError> for ManifestFailure {
+    fn from(e: OciDistributionError) -> Self {
+        ManifestFailure::Registry(e)
+    }
+}
+
+impl From<reqwest::Error> for ManifestFailure {
+    fn from(e: reqwest::Error) -> Self {
+        ManifestFailure::Registry(OciDistributionError::RequestError(e))
+    }
+}
+
+/// A response's status as oci-client words it, so that [`Explain::error`]
+/// reads manifest errors as it reads every other: 200 is the only success;
+/// a client error carries the registry's error envelope when it sent one.
+fn registry_status(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    url: &str,
+) -> Result<(), OciDistributionError> {
+    let url = url.to_owned();
+    let message = || String::from_utf8_lossy(body).into_owned();
+    match status {
+        reqwest::StatusCode::OK => Ok(()),
+        reqwest::StatusCode::UNAUTHORIZED => Err(OciDistributionError::UnauthorizedError { url }),
+        s if s.is_success() => Err(OciDistributionError::SpecViolationError(format!(
+            "expected HTTP status 200 for a manifest, got {s}"
+        ))),
+        s if s.is_client_error() => Err(match serde_json::from_slice::<OciEnvelope>(body) {
+            Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+            Err(_) => OciDistributionError::ServerError {
+                code: s.as_u16(),
+                url,
+                message: message(),
+            },
+        }),
+        s => Err(OciDistributionError::ServerError {
+            code: s.as_u16(),
+            url,
+            message: message(),
+        }),
+    }
+}
+
+/// The digest of a manifest's `body`, checked against the digest it was asked
+/// by (`asked`) and the one the registry states (`stated`, its
+/// `Docker-Content-Digest`, which names it when both are given, as the
+/// distribution spec has it).
+fn manifest_digest(
+    body: &[u8],
+    asked: Option<&str>,
+    stated: Option<&str>,
+) -> Result<BlobDigest, String> {
+    let digest_of = |d: &BlobDigest| {
+        let mut h = BlobHasher::new(d.alg);
+        h.update(body);
+        h.finalize()
+    };
+    let mut found = None;
+    for (whose, d) in [("asked for", asked), ("the registry states", stated)] {
+        let Some(d) = d else { continue };
+        let want = BlobDigest::parse(d)
+            .ok_or_else(|| format!("the digest {whose}, {d:?}, is not sha256:HEX or sha512:HEX"))?;
+        let got = digest_of(&want);
+        if got != want {
+            return Err(format!(
+                "the manifest sent has digest {got}, not {want} (the digest {whose})"
+            ));
+        }
+        found = Some(want);
+    }
+    Ok(found.unwrap_or_else(|| {
+        let mut h = BlobHasher::new(BlobAlg::Sha256);
+        h.update(body);
+        h.finalize()
+    }))
 }
 
 impl Explain {
@@ -363,6 +529,66 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             self.1.as_deref().map(|l| l as _)
         }
+    }
+
+    fn digest_of(alg: BlobAlg, body: &[u8]) -> BlobDigest {
+        let mut h = BlobHasher::new(alg);
+        h.update(body);
+        h.finalize()
+    }
+
+    #[test]
+    fn manifest_digests_are_checked_and_the_stated_one_names_it() {
+        let body = br#"{"schemaVersion":2}"#;
+        let d256 = digest_of(BlobAlg::Sha256, body).to_string();
+        let d512 = digest_of(BlobAlg::Sha512, body).to_string();
+        let other = digest_of(BlobAlg::Sha256, b"other").to_string();
+        assert_eq!(manifest_digest(body, None, None).unwrap().to_string(), d256);
+        assert_eq!(
+            manifest_digest(body, Some(&d256), None)
+                .unwrap()
+                .to_string(),
+            d256
+        );
+        // Asked by sha256, stated as sha512: both checked, the stated one returned.
+        let got = manifest_digest(body, Some(&d256), Some(&d512)).unwrap();
+        assert_eq!(got.to_string(), d512);
+        let e = manifest_digest(body, Some(&other), None).unwrap_err();
+        assert!(e.contains(&other) && e.contains("asked for"), "{e}");
+        let e = manifest_digest(body, Some(&d256), Some(&other)).unwrap_err();
+        assert!(e.contains(&other) && e.contains("registry states"), "{e}");
+        let e = manifest_digest(body, None, Some("md5:abc")).unwrap_err();
+        assert!(e.contains("md5:abc"), "{e}");
+    }
+
+    #[test]
+    fn manifest_statuses_read_as_oci_client_words_them() {
+        use reqwest::StatusCode;
+        let url = "http://r/v2/a/manifests/t";
+        assert!(registry_status(StatusCode::OK, b"", url).is_ok());
+        let unknown = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+        match registry_status(StatusCode::NOT_FOUND, unknown, url) {
+            Err(OciDistributionError::RegistryError { envelope, .. }) => {
+                assert_eq!(envelope.errors[0].code, OciErrorCode::ManifestUnknown)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            registry_status(StatusCode::NOT_FOUND, b"<html>", url),
+            Err(OciDistributionError::ServerError { code: 404, .. })
+        ));
+        assert!(matches!(
+            registry_status(StatusCode::UNAUTHORIZED, b"", url),
+            Err(OciDistributionError::UnauthorizedError { .. })
+        ));
+        assert!(matches!(
+            registry_status(StatusCode::NO_CONTENT, b"", url),
+            Err(OciDistributionError::SpecViolationError(_))
+        ));
+        assert!(matches!(
+            registry_status(StatusCode::BAD_GATEWAY, b"down", url),
+            Err(OciDistributionError::ServerError { code: 502, .. })
+        ));
     }
 
     fn explain(has_creds: bool) -> Explain {
