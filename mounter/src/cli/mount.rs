@@ -90,8 +90,9 @@ pub struct MountArgs {
     pub cache_size: u64,
     /// When a program opens a file of a directory it listed, open and start reading the
     /// next N files' objects too, so that reading a directory's files one after another
-    /// (tar, a recursive copy) does not wait on each in turn. Nothing is served unverified: this
-    /// only warms caches. 0 turns it off (for a slow disk shared with other work).
+    /// (tar, a recursive copy) does not wait on each in turn. Nothing is served
+    /// unverified: this only warms caches. 0 turns it off (for a slow disk shared with
+    /// other work).
     #[arg(long, value_name = "N", default_value_t = crate::fs::readahead::WINDOW)]
     pub read_ahead_files: usize,
     /// FUSE request threads (default: number of CPUs, at least 2, at most 16).
