@@ -16,6 +16,9 @@
 #
 # Cases (every measurement on a fresh mount):
 #   seq_hot     read a SIZE_MIB file with dd bs=1M, backing files in the page cache  MiB/s
+#   seq_cpu     (with seq_hot, from the same read) core-seconds the whole machine
+#               spent on it per GiB (/proc/stat): on C cores no read costing K can
+#               pass C / K GiB/s, so this says whether seq_hot is bound by CPU        cpu-s
 #   seq_cold    the same after drop_caches (backing files on disk)                    MiB/s
 #   seq_reread  the same file read again in the same mount (the page cache's answer)  MiB/s
 #   small       tar every one of SMALL_FILES files (all data) through cat, after
@@ -250,6 +253,8 @@ secs() { awk -v t0="$1" -v t1="$2" 'BEGIN { printf "%.3f", (t1 - t0) / 1e9 }'; }
 read_big() { dd if="$mnt/big" of=/dev/null bs=1M status=none; }
 read_all() { tar -C "$mnt" -cf - . | cat >/dev/null; }
 walk_all() { find "$mnt" -printf '%s %m %U %G %T@\n' >/dev/null; }
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; } # user nice system irq softirq
+cpu_per_gib() { awk -v b="$(($2 - $1))" -v hz="$(getconf CLK_TCK)" -v mib="$SIZE_MIB" 'BEGIN { printf "%.3f", b / hz / (mib / 1024) }'; }
 mount_ms() { awk -v t0="$1" -v t1="$2" 'BEGIN { printf "%.1f", (t1 - t0) / 1e6 }'; }
 
 # Before timing anything: imgmount reads everything once, which builds and saves its Merkle
@@ -283,15 +288,18 @@ record() { echo "$1 $2 $3" >>"$results"; } # CASE PEER VALUE
 # One measurement on a fresh mount of TREE: backing files made hot, or the page cache
 # dropped; for "reread" the command runs once untimed first, in the same mount.
 timed() { # CASE PEER TREE hot|cold|reread FORMAT COMMAND
-    local t0 t1
+    local t0 t1 b0 b1
     if [ "$4" = cold ]; then drop_caches; else make_hot "$2" "$3"; fi
     mount_peer "$2" "$3"
     [ "$4" = reread ] && $6
+    b0=$(busy_ticks)
     t0=$(now)
     $6
     t1=$(now)
+    b1=$(busy_ticks)
     umount_peer "$2"
     record "$1" "$2" "$($5 "$t0" "$t1")"
+    if [ "$1" = seq_hot ]; then record seq_cpu "$2" "$(cpu_per_gib "$b0" "$b1")"; fi
 }
 
 measure() { # CASE PEER
@@ -375,8 +383,11 @@ printf '%-10s %-5s %-6s' case unit better
 for p in "${cols[@]}"; do printf ' %12s' "$p"; done
 printf ' %13s %13s\n' vs-unverified vs-kernel-cfs
 declare -A m
-for c in $CASES reimport; do
+# seq_cpu comes from the seq_hot reads, and is shown below them.
+rows=$(for c in $CASES; do echo "$c"; [ "$c" != seq_hot ] || echo seq_cpu; done)
+for c in $rows reimport; do
     case $c in
+    seq_cpu) unit=cpu-s; better=lower ;;
     seq_*) unit=MiB/s; better=higher ;;
     mount) unit=ms; better=lower ;;
     reimport) [[ " $CASES " == *" import "* ]] || continue; unit=s; better=lower ;;
