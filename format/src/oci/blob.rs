@@ -52,6 +52,13 @@ impl BlobDigest {
         })
     }
 
+    /// The `alg` digest of `data`, held whole in memory.
+    pub fn of(alg: BlobAlg, data: &[u8]) -> BlobDigest {
+        let mut h = BlobHasher::new(alg);
+        h.update(data);
+        h.finalize()
+    }
+
     /// Path of the blob inside an OCI layout: `blobs/ALG/HEX`.
     pub fn layout_path(&self) -> String {
         format!("blobs/{}/{}", self.alg.name(), self.hex)

@@ -22,7 +22,7 @@ use oci_client::{Client, Reference, RegistryOperation};
 use super::auth::{default_auth_files, find_credentials};
 use super::manifest::ACCEPTED;
 use crate::oci::OciError;
-use crate::oci::blob::{BlobAlg, BlobDigest, BlobHasher, MAX_JSON_SIZE};
+use crate::oci::blob::{BlobAlg, BlobDigest, MAX_JSON_SIZE};
 use crate::oci::reference::DockerReference;
 use crate::oci::registry_options::RegistryOptions;
 
@@ -402,17 +402,12 @@ fn manifest_digest(
     asked: Option<&str>,
     stated: Option<&str>,
 ) -> Result<BlobDigest, String> {
-    let digest_of = |d: &BlobDigest| {
-        let mut h = BlobHasher::new(d.alg);
-        h.update(body);
-        h.finalize()
-    };
     let mut found = None;
     for (whose, d) in [("asked for", asked), ("the registry states", stated)] {
         let Some(d) = d else { continue };
         let want = BlobDigest::parse(d)
             .ok_or_else(|| format!("the digest {whose}, {d:?}, is not sha256:HEX or sha512:HEX"))?;
-        let got = digest_of(&want);
+        let got = BlobDigest::of(want.alg, body);
         if got != want {
             return Err(format!(
                 "the manifest sent has digest {got}, not {want} (the digest {whose})"
@@ -420,11 +415,7 @@ fn manifest_digest(
         }
         found = Some(want);
     }
-    Ok(found.unwrap_or_else(|| {
-        let mut h = BlobHasher::new(BlobAlg::Sha256);
-        h.update(body);
-        h.finalize()
-    }))
+    Ok(found.unwrap_or_else(|| BlobDigest::of(BlobAlg::Sha256, body)))
 }
 
 impl Explain {
@@ -531,18 +522,12 @@ mod tests {
         }
     }
 
-    fn digest_of(alg: BlobAlg, body: &[u8]) -> BlobDigest {
-        let mut h = BlobHasher::new(alg);
-        h.update(body);
-        h.finalize()
-    }
-
     #[test]
     fn manifest_digests_are_checked_and_the_stated_one_names_it() {
         let body = br#"{"schemaVersion":2}"#;
-        let d256 = digest_of(BlobAlg::Sha256, body).to_string();
-        let d512 = digest_of(BlobAlg::Sha512, body).to_string();
-        let other = digest_of(BlobAlg::Sha256, b"other").to_string();
+        let d256 = BlobDigest::of(BlobAlg::Sha256, body).to_string();
+        let d512 = BlobDigest::of(BlobAlg::Sha512, body).to_string();
+        let other = BlobDigest::of(BlobAlg::Sha256, b"other").to_string();
         assert_eq!(manifest_digest(body, None, None).unwrap().to_string(), d256);
         assert_eq!(
             manifest_digest(body, Some(&d256), None)
