@@ -10,7 +10,7 @@
 //! [`Session::block_on`] or hands tasks to [`Session::spawn`].
 
 use std::future::Future;
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -39,6 +39,9 @@ pub struct Session {
     /// check: configured as `client` is.
     http: reqwest::Client,
     auth: RegistryAuth,
+    /// The bearer token the last authentication gave (none: basic or anonymous), for
+    /// the manifest requests made with `http`; renewed when one is refused.
+    token: Mutex<Option<String>>,
     /// The repository, tagged as asked (manifests by digest are derived).
     image: Reference,
     /// `docker://…`, for messages.
@@ -156,6 +159,7 @@ impl Session {
             client: client(opts, false),
             http,
             auth,
+            token: Mutex::new(None),
             image,
             display,
             explain,
@@ -178,12 +182,21 @@ impl Session {
 
     /// `GET /v2/`, and a token when the registry asks for one.
     fn ping(&self) -> Result<(), OciDistributionError> {
-        self.rt
-            .block_on(
-                self.client
-                    .auth(&self.image, &self.auth, RegistryOperation::Pull),
-            )
-            .map(drop)
+        self.rt.block_on(self.authenticate(&self.image)).map(drop)
+    }
+
+    /// Authenticates for pulling `image` (oci-client keeps what it needs for its own
+    /// requests); returns the bearer token, if the registry gave one, and keeps it.
+    async fn authenticate(
+        &self,
+        image: &Reference,
+    ) -> Result<Option<String>, OciDistributionError> {
+        let token = self
+            .client
+            .auth(image, &self.auth, RegistryOperation::Pull)
+            .await?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token.clone();
+        Ok(token)
     }
 
     /// Runs a future of this session to completion.
@@ -259,12 +272,9 @@ impl Session {
             repo = image.repository(),
             reference = image.digest().or(image.tag()).unwrap_or("latest"),
         );
-        // A token when the registry wants one; none for basic auth or none at all.
-        let token = self
-            .client
-            .auth(image, &self.auth, RegistryOperation::Pull)
-            .await?;
-        let get = |basic: bool| {
+        // With basic credentials only when a token is not what the registry wants:
+        // they go only to a registry that asks for them, as oci-client sends them.
+        let get = |token: Option<String>, basic: bool| {
             let mut req = self.http.get(&url).header("Accept", ACCEPTED.join(", "));
             if let Some(t) = &token {
                 req = req.bearer_auth(t);
@@ -273,13 +283,15 @@ impl Session {
             }
             req.send()
         };
-        let mut response = get(false).await?;
-        // Credentials go only to a registry that asks for them, as oci-client sends them.
-        if response.status() == reqwest::StatusCode::UNAUTHORIZED
-            && token.is_none()
-            && matches!(self.auth, RegistryAuth::Basic(..))
-        {
-            response = get(true).await?;
+        // The token from connecting, first: a token request per manifest would cost a
+        // round trip to the token service each.
+        let token = self.token.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut response = get(token, false).await?;
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            // The token expired, or the registry wants credentials: authenticate again.
+            let token = self.authenticate(image).await?;
+            let basic = token.is_none();
+            response = get(token, basic).await?;
         }
         let status = response.status();
         let stated = response
